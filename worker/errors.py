@@ -1,0 +1,61 @@
+"""Exceptions of the worker: one base, config errors with YAML paths, handler control flow."""
+
+from __future__ import annotations
+
+
+class WorkerError(Exception):
+    """Base class of every error the worker raises on purpose."""
+
+
+class ConfigError(WorkerError):
+    """Something a user wrote is wrong; each problem names the YAML path of its field.
+
+    Args:
+        problems: one line per problem, e.g. ``watchers[1].handlers[0]: unknown handler 'x'``.
+    """
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class HandlerControl(Exception):  # noqa: N818 - control-flow signals, not errors
+    """Base of the exceptions a handler raises to steer the dispatcher."""
+
+
+class SkipEvent(HandlerControl):
+    """Raised by a handler: this event needs no work; it counts as ``skipped``."""
+
+    def __init__(self, reason: str = "") -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class RetryEvent(HandlerControl):
+    """Raised by a handler: try this event again, after ``after`` seconds if given.
+
+    Args:
+        after: seconds to wait before the next attempt; ``None`` uses the retry policy.
+        reason: a short text for logs and dead letters.
+    """
+
+    def __init__(self, after: float | None = None, reason: str = "") -> None:
+        self.after = after
+        self.reason = reason
+        super().__init__(reason or f"retry requested (after={after})")
+
+
+class StopWatcher(HandlerControl):
+    """Raised by a handler: stop this watcher on purpose; the event is not checkpointed."""
+
+    def __init__(self, reason: str = "") -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class TransientError(WorkerError):
+    """A handler failure worth retrying (a timeout, a 4xx from a relay, a lost connection)."""
+
+
+class PermanentError(WorkerError):
+    """A handler failure that retrying cannot fix: the event goes to dead letters at once."""
