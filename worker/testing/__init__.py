@@ -1,0 +1,1 @@
+"""Public test kit: a MongoDB replica-set emulator, event factories and pytest helpers."""
