@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from bson import Int64
+from mongomock import filtering
 
 from worker.testing.emulator import docops
 from worker.testing.emulator.changestream import ChangeStream
@@ -121,7 +122,8 @@ def _oplog_view(ctx: Ctx, cmd: dict[str, Any]) -> list[dict[str, Any]]:
             for e in ctx.store.oplog]
     if dict(cmd.get("sort") or {}).get("$natural") == -1:
         docs.reverse()
-    return docs
+    query = cmd.get("filter") or {}
+    return [d for d in docs if filtering.filter_applies(query, d)] if query else docs
 
 
 @command("find")
