@@ -1,0 +1,289 @@
+"""One change stream: open or resume → read → dispatch → checkpoint, with its fault policies."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from bson import Timestamp
+from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
+
+from worker.checkpoints import Checkpoint, Checkpointer, CheckpointStore
+from worker.dispatch import Dispatcher
+from worker.events import ChangeEvent
+from worker.snapshot import run_snapshot
+
+if TYPE_CHECKING:
+    from pymongo.asynchronous.change_stream import AsyncChangeStream
+    from pymongo.asynchronous.database import AsyncDatabase
+
+    from worker.metrics import Metrics
+    from worker.settings import Settings, WatcherSettings
+
+HISTORY_LOST = 286
+INVALID_RESUME_TOKEN = 260
+log = structlog.get_logger("worker.watcher")
+
+
+class WatcherStopped(Exception):  # noqa: N818 - an outcome, raised to leave the run loop
+    """The watcher stopped on purpose (policy or handler); ``expected`` keeps it ready."""
+
+    def __init__(self, reason: str, expected: bool, fenced: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.expected = expected
+        self.fenced = fenced
+
+
+def build_pipeline(ws: WatcherSettings, extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The server-side filter: operations and the user's match, as one ``$match`` stage."""
+    clauses: list[dict[str, Any]] = []
+    if ws.operations:
+        ops = list(ws.operations)
+        if "invalidate" not in ops:
+            ops.append("invalidate")  # the watcher must see invalidates to apply its policy
+        clauses.append({"operationType": {"$in": ops}})
+    if ws.match:
+        clauses.append(dict(ws.match))
+    stages: list[dict[str, Any]] = []
+    if clauses:
+        stages.append({"$match": clauses[0] if len(clauses) == 1 else {"$and": clauses}})
+    return stages + list(extra or [])
+
+
+def timestamp_of(when: datetime) -> Timestamp:
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return Timestamp(int(when.timestamp()), 0)
+
+
+class Watcher:
+    """Runs one configured watcher until stopped; the supervisor restarts it if it crashes.
+
+    Args:
+        settings: the whole config (checkpoint cadence, state database, shutdown timeout).
+        ws: this watcher's settings.
+        database: the watched database.
+        dispatcher: routes events to handlers.
+        store: where checkpoints live.
+        metrics: collectors, or ``None``.
+        partition: ``(index, count)`` when the watcher is split into partitions.
+    """
+
+    def __init__(self, settings: Settings, ws: WatcherSettings, database: AsyncDatabase[Any],
+                 dispatcher: Dispatcher, store: CheckpointStore, metrics: Metrics | None,
+                 name: str | None = None, extra_stages: list[dict[str, Any]] | None = None,
+                 fence: Any = None) -> None:
+        self.settings, self.ws, self.db = settings, ws, database
+        self.name = name or ws.name
+        self.dispatcher, self.store, self.metrics = dispatcher, store, metrics
+        self.pipeline = build_pipeline(ws, extra_stages)
+        self.fence = fence  # a callable returning the lease epoch, or None without leases
+        self.stopping = asyncio.Event()
+        self.last_token: Mapping[str, Any] | None = None
+        self.last_event_wall: float | None = None
+        self.state = "starting"
+        self.reason = ""
+        self.log = log.bind(watcher=self.name)
+        self.checkpointer = Checkpointer(
+            store, self.name, dispatcher, settings.checkpoint.interval,
+            settings.checkpoint.max_events, metrics=metrics, epoch=self._epoch)
+
+    def _epoch(self) -> int | None:
+        return None if self.fence is None else self.fence()
+
+    @property
+    def target(self) -> Any:
+        return self.db if self.ws.collection is None else self.db[self.ws.collection]
+
+    def _open_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {
+            "full_document": None if self.ws.full_document == "default" else self.ws.full_document,
+            "full_document_before_change": None if self.ws.full_document_before_change == "off"
+            else self.ws.full_document_before_change,
+            "batch_size": self.ws.batch_size,
+            "max_await_time_ms": int(self.ws.max_await_time * 1000),
+        }
+        return kw
+
+    async def _open(self, resume: Mapping[str, Any] | None, at: Timestamp | None,
+                    start_after: bool = False) -> AsyncChangeStream[Any]:
+        kw = self._open_kwargs()
+        if resume is not None:
+            kw["start_after" if start_after else "resume_after"] = resume
+        elif at is not None:
+            kw["start_at_operation_time"] = at
+        try:
+            return await self.target.watch(self.pipeline, **kw)
+        except OperationFailure as exc:
+            if exc.code == INVALID_RESUME_TOKEN and resume is not None and not start_after:
+                # the stored token is an invalidate: only startAfter may begin after it
+                return await self._open(resume, None, start_after=True)
+            raise
+
+    async def _starting_point(self) -> tuple[Mapping[str, Any] | None, Timestamp | None]:
+        cp = await self.store.load(self.name)
+        snap = getattr(cp, "snapshot", None) if cp is not None else None
+        if snap and not snap.get("done"):
+            return await self._snapshot(snap)
+        if cp is not None and (cp.token or cp.cluster_time):
+            self.log.info("watcher_resumed", token_age_s=_age(cp.cluster_time))
+            return cp.token, None if cp.token else cp.cluster_time
+        start = self.ws.start_at
+        if start == "snapshot":
+            return await self._snapshot(None)
+        if isinstance(start, datetime):
+            return None, timestamp_of(start)
+        return None, None
+
+    async def _snapshot(self, progress: Mapping[str, Any] | None) -> tuple[None, Timestamp]:
+        self.state = "snapshot"
+        at = await run_snapshot(self, progress)
+        return None, at
+
+    async def run(self) -> None:
+        """Read, dispatch and checkpoint until asked to stop or a policy stops the watcher."""
+        resume, at = await self._starting_point()
+        self.checkpointer.start()
+        backoff = 0.2
+        try:
+            while not self.stopping.is_set():
+                try:
+                    stream = await self._open(resume, at)
+                    async with stream:
+                        if resume is None and at is None:
+                            # a fresh start: remember where "now" was, so a crash before the
+                            # first event cannot skip what happens in between
+                            self.dispatcher.mark_idle(stream.resume_token)
+                            await self.checkpointer.flush()
+                        self.state, self.reason = "running", ""
+                        self._set_up(True)
+                        await self._read(stream)
+                        backoff = 0.2
+                        if stream.alive or self.stopping.is_set():
+                            break
+                        resume, at = await self._after_invalidate()
+                except OperationFailure as exc:
+                    if exc.code != HISTORY_LOST:
+                        if not exc.has_error_label("ResumableChangeStreamError"):
+                            raise
+                        resume, at = await self._reopen("server_error", exc, backoff)
+                    else:
+                        resume, at = await self._history_lost(exc)
+                    backoff = min(backoff * 2, 30.0)
+                except ConnectionFailure as exc:
+                    resume, at = await self._reopen("network_error", exc, backoff)
+                    backoff = min(backoff * 2, 30.0)
+                if self.dispatcher.stopped is not None:
+                    raise WatcherStopped(f"handler failure: {self.dispatcher.stopped}", False)
+        finally:
+            self._set_up(False)
+            await self._finish()
+
+    async def _read(self, stream: AsyncChangeStream[Any]) -> None:
+        while not self.stopping.is_set() and stream.alive:
+            change = await stream.try_next()
+            if self.dispatcher.stopped is not None:
+                raise WatcherStopped(f"handler failure: {self.dispatcher.stopped}", False)
+            if change is None:
+                if stream.resume_token is not None:
+                    self.dispatcher.mark_idle(stream.resume_token)
+                self._observe_idle()
+                continue
+            if change.get("operationType") == "invalidate":
+                self.last_token = change["_id"]
+                self.log.warning("watcher_invalidated", policy=self.ws.on_invalidate)
+                if self.metrics is not None:
+                    self.metrics.resumes_total.labels(self.name, "invalidate").inc()
+                continue
+            event = ChangeEvent(change)
+            self.last_token = event.token
+            self._observe(event)
+            await self.dispatcher.submit(event)
+
+    async def _after_invalidate(self) -> tuple[Mapping[str, Any] | None, None]:
+        if self.ws.on_invalidate == "stop":
+            raise WatcherStopped("stream invalidated (drop, rename or dropDatabase); "
+                                 "on_invalidate=stop", True)
+        token = self.last_token
+        if token is not None:
+            self.dispatcher.mark_idle(token)  # the new stream begins after the invalidate
+        return token, None
+
+    async def _reopen(self, reason: str, exc: Exception, backoff: float
+                      ) -> tuple[Mapping[str, Any] | None, Timestamp | None]:
+        self.state, self.reason = "resuming", f"{reason}: {exc}"
+        self.log.warning("watcher_resuming", reason=reason, error=str(exc)[:300])
+        if self.metrics is not None:
+            self.metrics.resumes_total.labels(self.name, reason).inc()
+        await self._sleep(backoff * (0.5 + random.random()))
+        if self.last_token is not None:
+            return self.last_token, None
+        cp = await self.store.load(self.name)
+        if cp is None:
+            return None, None
+        return cp.token, None if cp.token else cp.cluster_time
+
+    async def _history_lost(self, exc: OperationFailure) -> tuple[None, Timestamp | None]:
+        cp = await self.store.load(self.name)
+        since = cp.cluster_time if cp is not None else None
+        policy = self.ws.on_history_lost
+        if self.metrics is not None:
+            self.metrics.resumes_total.labels(self.name, "history_lost").inc()
+        if policy == "fail":
+            self.log.error("watcher_history_lost", policy=policy, lost_since=_iso(since),
+                           error=str(exc)[:300])
+            raise WatcherStopped("change stream history lost (286); on_history_lost=fail", False)
+        now = datetime.now(UTC)
+        self.log.error("data_gap", watcher=self.name, policy=policy, lost_from=_iso(since),
+                       lost_until=now.isoformat())
+        self.last_token = None
+        if policy == "snapshot":
+            return await self._snapshot(None)
+        return None, None
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    def _set_up(self, up: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.watcher_up.labels(self.name).set(1 if up else 0)
+
+    def _observe(self, event: ChangeEvent) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.events_received_total.labels(self.name, event.operation_type).inc()
+        ts = event.wall_time.timestamp() if event.wall_time else (
+            event.cluster_time.time if event.cluster_time else None)
+        if ts is not None:
+            self.metrics.lag_seconds.labels(self.name).set(max(0.0, time.time() - ts))
+        self.metrics.last_batch_timestamp_seconds.labels(self.name).set(time.time())
+
+    def _observe_idle(self) -> None:
+        if self.metrics is None:
+            return
+        # an empty batch means the stream has caught up: lag is zero, the heartbeat moves
+        self.metrics.lag_seconds.labels(self.name).set(0.0)
+        self.metrics.last_batch_timestamp_seconds.labels(self.name).set(time.time())
+
+    async def _finish(self) -> None:
+        drained = await self.dispatcher.drain(self.settings.shutdown_timeout)
+        if not drained:
+            self.log.warning("watcher_drain_timeout", in_flight=self.dispatcher.in_flight)
+        await asyncio.shield(self.checkpointer.stop())
+
+
+def _age(ts: Timestamp | None) -> float | None:
+    return None if ts is None else round(time.time() - ts.time, 3)
+
+
+def _iso(ts: Timestamp | None) -> str | None:
+    return None if ts is None else ts.as_datetime().isoformat()
