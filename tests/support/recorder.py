@@ -36,6 +36,7 @@ class Recorder(Handler):
             "seq": doc.get("seq"),
             "ts": event.cluster_time,
             "watcher": ctx.watcher,
+            "snapshot": event.from_snapshot,
             "pid": os.getpid(),
             "at": time.time(),
         })
