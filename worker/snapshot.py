@@ -59,10 +59,11 @@ async def run_snapshot(watcher: Watcher, progress: Mapping[str, Any] | None) -> 
         last_id, started = docs[-1]["_id"], True
         delivered += len(docs)
         await watcher.store.save_snapshot_progress(
-            watcher.name, {"done": False, "last_id": last_id, "start_at_operation_time": at})
+            watcher.name, {"done": False, "last_id": last_id, "start_at_operation_time": at},
+            epoch=watcher._epoch())
     if watcher.stopping.is_set() or watcher.dispatcher.stopped is not None:
         return at
     await watcher.store.save_snapshot_progress(
-        watcher.name, {"done": True, "start_at_operation_time": at})
+        watcher.name, {"done": True, "start_at_operation_time": at}, epoch=watcher._epoch())
     watcher.log.info("snapshot_done", documents=delivered)
     return at

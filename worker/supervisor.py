@@ -153,7 +153,7 @@ class Supervisor:
         extra = [partition_stage(slot.partition, ws.partitions)] if ws.partitions > 1 else []
         return Watcher(self.settings, ws, self.client[database], dispatcher, self.checkpoints,
                        self.metrics, name=slot.name, extra_stages=extra,
-                       fence=None if lease is None else (lambda: lease.epoch))
+                       fence=None if lease is None else _constant(lease.epoch))
 
     async def _supervise(self, slot: WatcherSlot) -> None:
         delay = 0.5
@@ -303,6 +303,11 @@ class Supervisor:
             s["state"] in ("running", "standby", "stopped_by_policy", "snapshot", "resuming")
             for s in states.values())
         return ok, {"watchers": states}
+
+
+def _constant(epoch: int | None) -> Any:
+    # the epoch at acquisition, fixed: after a loss the lease forgets it, the fence must not
+    return lambda: epoch
 
 
 async def run(settings: Settings) -> int:

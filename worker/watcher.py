@@ -14,7 +14,8 @@ from bson import Timestamp
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from worker.checkpoints import Checkpoint, Checkpointer, CheckpointStore
-from worker.dispatch import Dispatcher
+from worker.dispatch import Dispatcher, LeaseLost
+from worker.errors import StopWatcher
 from worker.events import ChangeEvent
 from worker.snapshot import run_snapshot
 
@@ -92,7 +93,8 @@ class Watcher:
         self.log = log.bind(watcher=self.name)
         self.checkpointer = Checkpointer(
             store, self.name, dispatcher, settings.checkpoint.interval,
-            settings.checkpoint.max_events, metrics=metrics, epoch=self._epoch)
+            settings.checkpoint.max_events, metrics=metrics, epoch=self._epoch,
+            on_fenced=self.stopping.set)
 
     def _epoch(self) -> int | None:
         return None if self.fence is None else self.fence()
@@ -146,8 +148,21 @@ class Watcher:
         at = await run_snapshot(self, progress)
         return None, at
 
+    def _check_dispatcher(self) -> None:
+        stopped = self.dispatcher.stopped
+        if stopped is None:
+            return
+        if isinstance(stopped, LeaseLost):
+            raise WatcherStopped(str(stopped), expected=True, fenced=True)
+        if isinstance(stopped, StopWatcher):
+            raise WatcherStopped(f"a handler stopped the watcher: {stopped.reason}", True)
+        raise WatcherStopped(f"handler failure: {type(stopped).__name__}: {stopped}", False)
+
     async def run(self) -> None:
         """Read, dispatch and checkpoint until asked to stop or a policy stops the watcher."""
+        epoch = self._epoch()
+        if epoch is not None and not await self.store.claim(self.name, epoch):
+            raise WatcherStopped("checkpoint holds a newer lease epoch", True, fenced=True)
         resume, at = await self._starting_point()
         self.checkpointer.start()
         backoff = 0.2
@@ -179,17 +194,19 @@ class Watcher:
                 except ConnectionFailure as exc:
                     resume, at = await self._reopen("network_error", exc, backoff)
                     backoff = min(backoff * 2, 30.0)
-                if self.dispatcher.stopped is not None:
-                    raise WatcherStopped(f"handler failure: {self.dispatcher.stopped}", False)
+                self._check_dispatcher()
         finally:
             self._set_up(False)
             await self._finish()
+        self._check_dispatcher()
+        if self.checkpointer.fenced:
+            raise WatcherStopped("checkpoint write fenced off by a newer lease epoch", True,
+                                 fenced=True)
 
     async def _read(self, stream: AsyncChangeStream[Any]) -> None:
         while not self.stopping.is_set() and stream.alive:
             change = await stream.try_next()
-            if self.dispatcher.stopped is not None:
-                raise WatcherStopped(f"handler failure: {self.dispatcher.stopped}", False)
+            self._check_dispatcher()
             if change is None:
                 if stream.resume_token is not None:
                     self.dispatcher.mark_idle(stream.resume_token)
@@ -278,6 +295,7 @@ class Watcher:
         drained = await self.dispatcher.drain(self.settings.shutdown_timeout)
         if not drained:
             self.log.warning("watcher_drain_timeout", in_flight=self.dispatcher.in_flight)
+            await self.dispatcher.aclose()
         await asyncio.shield(self.checkpointer.stop())
 
 
