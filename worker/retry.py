@@ -101,16 +101,23 @@ async def run_handler(
         sleep: how to wait between attempts.
     """
     result = HandlerResult("success", 0, 0.0)
+    started = time.perf_counter()
+    try:
+        await _attempt(handler, event, ctx, result)
+    except Exception as exc:
+        first: BaseException | None = exc
+    else:  # the common case costs one call: tenacity only once something failed
+        result.duration = time.perf_counter() - started
+        return result
 
-    async def attempt() -> None:
-        result.attempts += 1
-        try:
-            await handler.handle(event, ctx)
-        except Exception:
-            now = datetime.now(UTC)
-            result.first_failure = result.first_failure or now
-            result.last_failure = now
-            raise
+    async def again() -> None:
+        nonlocal first
+        if first is not None:
+            # replay the failure already seen as tenacity's attempt 1, so its attempt
+            # numbers and backoff match the handler calls made
+            error, first = first, None
+            raise error
+        await _attempt(handler, event, ctx, result)
 
     retrying = AsyncRetrying(
         stop=stop_after_attempt(max(1, policy.attempts)),
@@ -119,9 +126,8 @@ async def run_handler(
         reraise=True,
         sleep=sleep,
     )
-    started = time.perf_counter()
     try:
-        await retrying(attempt)
+        await retrying(again)
     except SkipEvent as exc:
         result.outcome, result.error = "skipped", exc
     except StopWatcher as exc:
@@ -129,6 +135,19 @@ async def run_handler(
     except Exception as exc:
         result.outcome, result.error = "failed", exc
     else:
-        result.outcome = "success" if result.attempts == 1 else "retried"
+        result.outcome = "retried"
     result.duration = time.perf_counter() - started
     return result
+
+
+async def _attempt(
+    handler: Handler, event: ChangeEvent, ctx: HandlerContext, result: HandlerResult
+) -> None:
+    result.attempts += 1
+    try:
+        await handler.handle(event, ctx)
+    except Exception:
+        now = datetime.now(UTC)
+        result.first_failure = result.first_failure or now
+        result.last_failure = now
+        raise
