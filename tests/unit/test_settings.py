@@ -299,6 +299,14 @@ class TestLoad:
             " '<block mapping start>' (while parsing a block mapping started at line 1)"
         ]
 
+    def test_duplicate_key(self, tmp_path: Path) -> None:
+        """A key written twice in one mapping is an error, not a silent overwrite."""
+        text = "mongodb: {uri: x, database: a}\nwatchers:\n  - name: a\n    handlers: [x]\n"
+        text += "    name: b\n"
+        assert problems(tmp_path, text) == [
+            f"{tmp_path / 'c.yaml'}:5:5: YAML syntax error: duplicate key 'name'"
+        ]
+
     def test_empty_and_non_mapping(self, tmp_path: Path) -> None:
         """An empty file and a top-level list are reported, not crashed on."""
         assert problems(tmp_path, "") == [f"{tmp_path / 'c.yaml'}: the config file is empty"]
