@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import pytest
@@ -169,8 +168,9 @@ class TestHistoryLost:
             await env["db"].items.insert_one({"seq": 0})
             await eventually(lambda: count_handled(env, 1), what="first event")
         await env["db"].items.insert_many([{"seq": i} for i in range(1, 4)])
+        now = (await env["client"].admin.command("ping"))["operationTime"]
         await env["client"].admin.command({"emulatorTruncateOplog": 1,
-                                           "before": Timestamp(int(time.time()) + 2, 0)})
+                                           "before": Timestamp(now.time, now.inc + 1)})
 
     async def test_fail_policy_stops_not_ready(self, env: dict[str, Any]) -> None:
         """on_history_lost=fail: the watcher stops with an error log and is not ready."""
@@ -190,8 +190,13 @@ class TestHistoryLost:
         settings = cfg(env, watcher(on_history_lost="restart_now"))
         await self._lose_history(env, settings)
         with capture_logs() as logs:
-            async with running(settings):
-                await asyncio.sleep(2.5)  # past the truncation point
+            async with running(settings) as sup:
+                async def reopened() -> bool:
+                    w = sup.slots[0].watcher
+                    return any(e["event"] == "data_gap" for e in logs) and w is not None \
+                        and w.state == "running"
+
+                await eventually(reopened, what="the stream reopened after the gap")
                 await env["db"].items.insert_one({"seq": 99})
                 await eventually(lambda: _seq_handled(env, 99), what="event after the gap")
         gap = [e for e in logs if e["event"] == "data_gap"]

@@ -208,6 +208,8 @@ class Store:
         self.truncated += keep
         if ts > self.history_start:
             self.history_start = ts
+        if ts > self.clock.last:
+            self.clock.last = ts  # as if time had passed: history cannot start in the future
         return keep
 
     def first_ts(self) -> Timestamp:
