@@ -9,11 +9,11 @@ from bson import Timestamp
 from mongomock import aggregate as mm_aggregate
 from mongomock import filtering
 
-from worker.testing.emulator import hashing
+from worker.testing.emulator import compat
 from worker.testing.emulator.errors import CommandError, unknown_field
 from worker.testing.emulator.store import INTERNAL_DBS, OplogEntry, Store
 
-hashing.install()
+compat.install()
 
 # Token kinds, after the event's place: an event, the invalidate that follows it, and a
 # high-water mark (everything up to and including that cluster time has been seen).

@@ -238,6 +238,14 @@ class ReplicaSetEmulator:
         except CommandError as exc:
             self._label(exc, name, cmd)
             reply = exc.reply()
+        except (CloseConnection, asyncio.CancelledError):
+            raise
+        except NotImplementedError as exc:
+            reply = CommandError(115, f"the emulator does not support this: {exc}").reply()
+        except Exception as exc:  # a bug of the emulator answers one command, not the socket
+            log.exception("emulator_internal_error", command=name)
+            reply = CommandError(1, f"emulator internal error in '{name}': "
+                                    f"{type(exc).__name__}: {exc}").reply()
         reply["$clusterTime"] = {"clusterTime": self.store.clock.last,
                                  "signature": {"hash": Binary(b"\x00" * 20), "keyId": Int64(0)}}
         reply["operationTime"] = self.store.clock.last
