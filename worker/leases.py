@@ -125,3 +125,35 @@ def partition_stage(index: int, count: int) -> dict[str, Any]:
     bucket = {"$mod": [{"$abs": {"$toHashedIndexKey": "$documentKey._id"}}, count]}
     return {"$match": {"$or": [{"documentKey._id": {"$exists": False}},
                                {"$expr": {"$eq": [bucket, index]}}]}}
+
+
+class Membership:
+    """Which worker processes are alive, so partitions can be shared fairly between them.
+
+    Each process keeps a heartbeat document in ``<state_db>.members``; one that stops
+    beating drops out after ``ttl``.
+    """
+
+    def __init__(self, state_db: AsyncDatabase[Any], instance: str, ttl: float) -> None:
+        self.coll = state_db["members"]
+        self.instance, self.ttl = instance, ttl
+        self.alive = 1
+
+    async def beat(self) -> int:
+        """Renew this process's heartbeat and count the live members."""
+        now = datetime.now(UTC)
+        await self.coll.update_one(
+            {"_id": self.instance},
+            {"$set": {"expires_at": now + timedelta(seconds=self.ttl), "seen": now}},
+            upsert=True)
+        self.alive = max(1, await self.coll.count_documents({"expires_at": {"$gt": now}}))
+        return self.alive
+
+    async def leave(self) -> None:
+        with contextlib.suppress(PyMongoError):
+            await self.coll.delete_one({"_id": self.instance})
+
+
+def fair_share(partitions: int, members: int) -> int:
+    """How many of a watcher's partitions one process should own at most."""
+    return -(-partitions // max(1, members))

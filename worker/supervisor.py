@@ -21,7 +21,7 @@ from worker.checkpoints import MongoCheckpointStore
 from worker.deadletters import DeadLetterStore
 from worker.dispatch import Dispatcher
 from worker.handler import Handler, HandlerContext
-from worker.leases import Lease, partition_stage
+from worker.leases import Lease, Membership, fair_share, partition_stage
 from worker.logs import mask_uri
 from worker.metrics import Metrics
 from worker.settings import Settings, WatcherSettings
@@ -42,6 +42,8 @@ class WatcherSlot:
         self.reason = ""
         self.restarts = 0
         self.seen_tracebacks: set[str] = set()
+        self.held = False  # this process owns the slot's lease
+        self.yield_requested = False  # give the lease up to rebalance partitions
 
     @property
     def ready(self) -> bool:
@@ -68,6 +70,8 @@ class Supervisor:
         self.http: Any = None
         self.uri = settings.mongodb.uri
         self.instance_id = settings.leases.instance_id or socket.gethostname()
+        self.membership: Membership | None = None
+        self._background: list[asyncio.Task[None]] = []
         self._signals = 0
 
     # ---- lifecycle --------------------------------------------------------------
@@ -114,6 +118,10 @@ class Supervisor:
         for name, handler in self.handlers.items():
             await handler.start(self._context(name, "*", self.settings.mongodb.database))
         await self._start_http()
+        if self.settings.leases.enabled:
+            self.membership = Membership(state_db, self.instance_id, self.settings.leases.ttl)
+            await self.membership.beat()
+            self._background.append(asyncio.create_task(self._membership_loop()))
         for ws in self.settings.watchers:
             for partition, name in enumerate(self._instance_names(ws)):
                 slot = WatcherSlot(ws, name, partition)
@@ -172,6 +180,10 @@ class Supervisor:
                 if lease is not None and lease.lost.is_set() and not self.stop_requested.is_set():
                     self._deposed(slot)
                     continue
+                if slot.yield_requested and not self.stop_requested.is_set():
+                    slot.yield_requested = False
+                    slot.state, slot.reason = "standby", "handed over to rebalance partitions"
+                    continue
                 return
             except WatcherStopped as exc:
                 if exc.fenced and not self.stop_requested.is_set():
@@ -193,6 +205,8 @@ class Supervisor:
                     task.cancel()
                 if lease is not None:
                     await lease.release()
+                    slot.held = False
+                    self.metrics.lease_held.labels(slot.name).set(0)
                 await self._publish(slot)
 
     def _deposed(self, slot: WatcherSlot) -> None:
@@ -221,7 +235,8 @@ class Supervisor:
         poll = min(1.0, self.settings.leases.ttl / 3)
         while not self.stop_requested.is_set():
             try:
-                if await lease.try_acquire():
+                if self._may_take(slot) and await lease.try_acquire():
+                    slot.held = True
                     self.metrics.lease_held.labels(slot.name).set(1)
                     return lease
             except PyMongoError as exc:
@@ -232,6 +247,31 @@ class Supervisor:
                 await self._publish(slot)
             await self._wait(poll)
         return None
+
+    def _may_take(self, slot: WatcherSlot) -> bool:
+        """Partitions are shared: take one only while under this process's fair share."""
+        if slot.ws.partitions <= 1 or self.membership is None:
+            return True
+        held = sum(1 for s in self.slots if s.ws is slot.ws and s.held)
+        return held < fair_share(slot.ws.partitions, self.membership.alive)
+
+    async def _membership_loop(self) -> None:
+        assert self.membership is not None
+        while not self.stop_requested.is_set():
+            await self._wait(self.settings.leases.ttl / 3)
+            try:
+                alive = await self.membership.beat()
+            except PyMongoError as exc:
+                log.warning("membership_beat_failed", error=str(exc)[:200])
+                continue
+            for ws in self.settings.watchers:
+                held = [s for s in self.slots if s.ws is ws and s.held and not s.yield_requested]
+                extra = len(held) - fair_share(ws.partitions, alive) if ws.partitions > 1 else 0
+                for slot in held[len(held) - extra:] if extra > 0 else []:
+                    log.info("partition_handover", watcher=slot.name, members=alive)
+                    slot.yield_requested = True
+                    if slot.watcher is not None:
+                        slot.watcher.stopping.set()
 
     async def _publish(self, slot: WatcherSlot) -> None:
         """Record the slot's state for `changestream-worker status` (best effort)."""
@@ -262,6 +302,9 @@ class Supervisor:
     # ---- shutdown ---------------------------------------------------------------
     async def shutdown(self) -> None:
         self.stop_requested.set()
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         tasks = [s.task for s in self.slots if s.task is not None]
         if tasks:
             # watchers drain up to shutdown_timeout themselves; allow the final flush on top
@@ -277,6 +320,8 @@ class Supervisor:
         if self.http is not None:
             await self.http.stop()
         if self.client is not None:
+            if self.membership is not None:
+                await self.membership.leave()
             await self.client.close()
         if self.emulator is not None:
             await self.emulator.stop()

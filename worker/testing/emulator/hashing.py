@@ -71,16 +71,30 @@ def hash64(value: Any, seed: int = 0) -> int:
     return struct.unpack("<q", md5.digest()[:8])[0]
 
 
+def _mod(dividend: Any, divisor: Any) -> Any:
+    # mongomock computes $mod in floating point, which is wrong for 64-bit hashes:
+    # integers stay exact, and the result takes the dividend's sign as in MongoDB
+    if isinstance(dividend, int) and isinstance(divisor, int) and not isinstance(dividend, bool):
+        if divisor == 0:
+            raise ValueError("$mod by zero")
+        result = abs(dividend) % abs(divisor)
+        return type(dividend)(-result if dividend < 0 else result)
+    return math.fmod(dividend, divisor)
+
+
 def install() -> None:
-    """Teach mongomock's expression parser ``$toHashedIndexKey`` (idempotent)."""
+    """Teach mongomock's parser ``$toHashedIndexKey`` and exact integer ``$mod`` (idempotent)."""
     parser = mm_aggregate._Parser
     if getattr(parser, "_hashed_key_installed", False):
         return
     original = parser.parse
 
     def parse(self: Any, expression: Any) -> Any:
-        if isinstance(expression, dict) and len(expression) == 1 and "$toHashedIndexKey" in expression:
-            return Int64(hash64(original(self, expression["$toHashedIndexKey"])))
+        if isinstance(expression, dict) and len(expression) == 1:
+            if "$toHashedIndexKey" in expression:
+                return Int64(hash64(original(self, expression["$toHashedIndexKey"])))
+            if "$mod" in expression:
+                return _mod(*(original(self, arg) for arg in expression["$mod"]))
         return original(self, expression)
 
     parser.parse = parse
