@@ -25,38 +25,50 @@ import psutil
 from pymongo import AsyncMongoClient
 
 sys.path.insert(0, str(Path(__file__).parent))
-import bench_handlers  # noqa: E402
+import bench_handlers
 
-from worker.settings import Settings  # noqa: E402
-from worker.supervisor import Supervisor  # noqa: E402
+from worker.settings import Settings
+from worker.supervisor import Supervisor
 
 
 def start_emulator() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "worker", "emulator", "--port", "0"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", "emulator", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     return proc, proc.stdout.readline().strip()
 
 
 def settings(uri: str, db: str, handler: str, concurrency: int, start: datetime) -> Settings:
-    return Settings.model_validate({
-        "mongodb": {"uri": uri, "database": db},
-        "state": {"database": f"{db}_state"},
-        "http": {"enabled": False},
-        "leases": {"enabled": False},
-        "logging": {"format": "json", "level": "warning"},
-        "handlers": {"h": {"type": f"bench_handlers:{handler}"}},
-        "watchers": [{"name": "bench", "collection": "items", "handlers": ["h"],
-                      "concurrency": concurrency, "start_at": start.isoformat(),
-                      "batch_size": 1000}],
-    })
+    return Settings.model_validate(
+        {
+            "mongodb": {"uri": uri, "database": db},
+            "state": {"database": f"{db}_state"},
+            "http": {"enabled": False},
+            "leases": {"enabled": False},
+            "logging": {"format": "json", "level": "warning"},
+            "handlers": {"h": {"type": f"bench_handlers:{handler}"}},
+            "watchers": [
+                {
+                    "name": "bench",
+                    "collection": "items",
+                    "handlers": ["h"],
+                    "concurrency": concurrency,
+                    "start_at": start.isoformat(),
+                    "batch_size": 1000,
+                }
+            ],
+        }
+    )
 
 
 async def run_worker(cfg: Settings, counter: Callable[[], int], n: int) -> tuple[float, Any]:
     sup = Supervisor(cfg)
     t0 = time.perf_counter()
     await sup.start()
-    while counter() < n:
+    while counter() < n:  # noqa: ASYNC110 - a benchmark polls a counter, 10 ms is noise here
         await asyncio.sleep(0.01)
     elapsed = time.perf_counter() - t0
     await sup.shutdown()
@@ -93,13 +105,14 @@ async def motor_loop(uri: str, db: str, start: Any, n: int) -> float | None:
     return n / (time.perf_counter() - t0)
 
 
-async def prepare(client: Any, db: str, docs: list[dict[str, Any]],
-                  updates: int = 0) -> tuple[Any, datetime]:
+async def prepare(
+    client: Any, db: str, docs: list[dict[str, Any]], updates: int = 0
+) -> tuple[Any, datetime]:
     ping = await client.admin.command("ping")
     start_ts = ping["operationTime"]
     coll = client[db].items
     for i in range(0, len(docs), 10_000):
-        await coll.insert_many(docs[i:i + 10_000])
+        await coll.insert_many(docs[i : i + 10_000])
     for _ in range(updates):
         for d in docs:
             await coll.update_one({"_id": d["_id"]}, {"$inc": {"n": 1}})
@@ -109,14 +122,17 @@ async def prepare(client: Any, db: str, docs: list[dict[str, Any]],
 async def main() -> None:
     emulator, uri = start_emulator()
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri)
-    out: dict[str, Any] = {"machine": f"{platform.machine()} {os.cpu_count()} cores, "
-                                      f"Python {platform.python_version()}"}
+    out: dict[str, Any] = {
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}"
+    }
     try:
         n = 20_000
         ts, start = await prepare(client, "a", [{"_id": i} for i in range(n)])
         raw = await raw_loop(client.a.items, ts, n, None)
-        worker_rate, metrics = await run_worker(settings(uri, "a", "NoOp", 64, start),
-                                                lambda: bench_handlers.NoOp.done, n)
+        worker_rate, metrics = await run_worker(
+            settings(uri, "a", "NoOp", 64, start), lambda: bench_handlers.NoOp.done, n
+        )
         writes = metrics.checkpoint_writes_total.labels("bench")._value.get()
         out["a_raw_events_per_s"] = round(raw)
         out["a_worker_noop_events_per_s"] = round(worker_rate)
@@ -133,14 +149,17 @@ async def main() -> None:
             await asyncio.sleep(0.005)
 
         seq = await raw_loop(client.b.items, ts, 1000, five_ms)
-        conc, _ = await run_worker(settings(uri, "b", "Sleep5ms", 64, start),
-                                   lambda: bench_handlers.Sleep5ms.done, m)
+        conc, _ = await run_worker(
+            settings(uri, "b", "Sleep5ms", 64, start), lambda: bench_handlers.Sleep5ms.done, m
+        )
         out["b_sequential_events_per_s"] = round(seq)
         out["b_worker_c64_events_per_s"] = round(conc)
         out["b_speedup"] = round(conc / seq, 1)
 
         bench_handlers.Sleep5ms.done = 0
-        ts, start = await prepare(client, "d", [{"_id": i, "pad": "x" * 200} for i in range(100_000)])
+        ts, start = await prepare(
+            client, "d", [{"_id": i, "pad": "x" * 200} for i in range(100_000)]
+        )
         proc = psutil.Process()
         base = proc.memory_info().rss
         sup = Supervisor(settings(uri, "d", "Sleep5ms", 8, start))

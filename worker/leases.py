@@ -53,12 +53,22 @@ class Lease:
         try:
             doc = await self.coll.find_one_and_update(
                 {"_id": self.name, "$or": [{"expires_at": {"$lt": now}}, {"owner": None}]},
-                {"$set": {"owner": self.owner, "expires_at": now + timedelta(seconds=self.ttl),
-                          "acquired_at": now, "renewed_at": now},
-                 "$inc": {"epoch": 1}},
-                upsert=True, return_document=ReturnDocument.AFTER)
+                {
+                    "$set": {
+                        "owner": self.owner,
+                        "expires_at": now + timedelta(seconds=self.ttl),
+                        "acquired_at": now,
+                        "renewed_at": now,
+                    },
+                    "$inc": {"epoch": 1},
+                },
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
         except DuplicateKeyError:
             return False  # someone else holds it (the filter missed, the upsert collided)
+        if doc is None:  # cannot happen with upsert and AFTER; keep mypy and readers honest
+            return False
         self.epoch = int(doc["epoch"])
         self.valid_until = self._deadline(started)
         self.lost.clear()
@@ -74,7 +84,8 @@ class Lease:
         doc = await self.coll.find_one_and_update(
             {"_id": self.name, "owner": self.owner, "epoch": self.epoch},
             {"$set": {"expires_at": now + timedelta(seconds=self.ttl), "renewed_at": now}},
-            return_document=ReturnDocument.AFTER)
+            return_document=ReturnDocument.AFTER,
+        )
         if doc is None:
             self._lose("taken over")
             return False
@@ -83,8 +94,9 @@ class Lease:
 
     def _lose(self, why: str) -> None:
         if self.epoch is not None:
-            log.warning("lease_lost", lease=self.name, owner=self.owner, epoch=self.epoch,
-                        reason=why)
+            log.warning(
+                "lease_lost", lease=self.name, owner=self.owner, epoch=self.epoch, reason=why
+            )
         self.epoch = None
         self.lost.set()
 
@@ -111,7 +123,8 @@ class Lease:
         with contextlib.suppress(PyMongoError):
             await self.coll.update_one(
                 {"_id": self.name, "owner": self.owner, "epoch": self.epoch},
-                {"$set": {"owner": None, "expires_at": datetime.fromtimestamp(0, UTC)}})
+                {"$set": {"owner": None, "expires_at": datetime.fromtimestamp(0, UTC)}},
+            )
             log.info("lease_released", lease=self.name, owner=self.owner, epoch=self.epoch)
         self.epoch = None
 
@@ -123,8 +136,11 @@ def partition_stage(index: int, count: int) -> dict[str, Any]:
     key always lands in the same partition and per-key order holds.
     """
     bucket = {"$mod": [{"$abs": {"$toHashedIndexKey": "$documentKey._id"}}, count]}
-    return {"$match": {"$or": [{"documentKey._id": {"$exists": False}},
-                               {"$expr": {"$eq": [bucket, index]}}]}}
+    return {
+        "$match": {
+            "$or": [{"documentKey._id": {"$exists": False}}, {"$expr": {"$eq": [bucket, index]}}]
+        }
+    }
 
 
 class Membership:
@@ -145,7 +161,8 @@ class Membership:
         await self.coll.update_one(
             {"_id": self.instance},
             {"$set": {"expires_at": now + timedelta(seconds=self.ttl), "seen": now}},
-            upsert=True)
+            upsert=True,
+        )
         self.alive = max(1, await self.coll.count_documents({"expires_at": {"$gt": now}}))
         return self.alive
 

@@ -35,7 +35,7 @@ async def run_snapshot(watcher: Watcher, progress: Mapping[str, Any] | None) -> 
         raise ValueError(f"watcher {watcher.name!r}: start_at: snapshot needs a collection")
     coll = watcher.db[watcher.ws.collection]
     if progress and isinstance(progress.get("start_at_operation_time"), Timestamp):
-        at = progress["start_at_operation_time"]
+        at: Timestamp = progress["start_at_operation_time"]
         last_id = progress.get("last_id")
         started = "last_id" in progress
     else:
@@ -50,8 +50,13 @@ async def run_snapshot(watcher: Watcher, progress: Mapping[str, Any] | None) -> 
         if not docs:
             break
         for doc in docs:
-            raw = {"_id": None, "operationType": "insert", "ns": ns,
-                   "documentKey": {"_id": doc["_id"]}, "fullDocument": doc}
+            raw = {
+                "_id": None,
+                "operationType": "insert",
+                "ns": ns,
+                "documentKey": {"_id": doc["_id"]},
+                "fullDocument": doc,
+            }
             await watcher.dispatcher.submit(ChangeEvent(raw, from_snapshot=True))
         await watcher.dispatcher.drain(None)
         if watcher.dispatcher.stopped is not None:
@@ -59,11 +64,14 @@ async def run_snapshot(watcher: Watcher, progress: Mapping[str, Any] | None) -> 
         last_id, started = docs[-1]["_id"], True
         delivered += len(docs)
         await watcher.store.save_snapshot_progress(
-            watcher.name, {"done": False, "last_id": last_id, "start_at_operation_time": at},
-            epoch=watcher._epoch())
+            watcher.name,
+            {"done": False, "last_id": last_id, "start_at_operation_time": at},
+            epoch=watcher._epoch(),
+        )
     if watcher.stopping.is_set() or watcher.dispatcher.stopped is not None:
         return at
     await watcher.store.save_snapshot_progress(
-        watcher.name, {"done": True, "start_at_operation_time": at}, epoch=watcher._epoch())
+        watcher.name, {"done": True, "start_at_operation_time": at}, epoch=watcher._epoch()
+    )
     watcher.log.info("snapshot_done", documents=delivered)
     return at

@@ -93,8 +93,11 @@ class Supervisor:
         if self._signals > 1:
             log.warning("shutdown_forced", signal=signal.Signals(sig).name)
             os._exit(130)  # a second signal means "now": no drain, no flush
-        log.info("shutdown_requested", signal=signal.Signals(sig).name,
-                 timeout_s=self.settings.shutdown_timeout)
+        log.info(
+            "shutdown_requested",
+            signal=signal.Signals(sig).name,
+            timeout_s=self.settings.shutdown_timeout,
+        )
         self.request_stop()
 
     def request_stop(self) -> None:
@@ -108,9 +111,12 @@ class Supervisor:
 
             self.emulator = await ReplicaSetEmulator(port=0).start()
             self.uri = self.emulator.uri
-        self.client = AsyncMongoClient(self.uri, appname=self.settings.mongodb.app_name,
-                                       tz_aware=True)
-        log.info("worker_starting", mongodb=mask_uri(self.uri), watchers=len(self.settings.watchers))
+        self.client = AsyncMongoClient(
+            self.uri, appname=self.settings.mongodb.app_name, tz_aware=True
+        )
+        log.info(
+            "worker_starting", mongodb=mask_uri(self.uri), watchers=len(self.settings.watchers)
+        )
         self.handlers = build_handlers(self.settings)
         state_db = self.client[self.settings.state.database]
         self.dead_letters = DeadLetterStore(state_db)
@@ -138,17 +144,25 @@ class Supervisor:
             return
         from worker.http import HttpServer
 
-        self.http = HttpServer(self.settings.http.host, self.settings.http.port, self.registry,
-                               health=self.health, readiness=self.readiness)
+        self.http = HttpServer(
+            self.settings.http.host,
+            self.settings.http.port,
+            self.registry,
+            health=self.health,
+            readiness=self.readiness,
+        )
         await self.http.start()
 
     def _context(self, handler: str, watcher: str, database: str) -> HandlerContext:
         assert self.client is not None
         return HandlerContext(
-            client=self.client, database=self.client[database],
+            client=self.client,
+            database=self.client[database],
             state_database=self.client[self.settings.state.database],
             log=structlog.get_logger("handler").bind(watcher=watcher, handler=handler),
-            watcher=watcher, handler=handler)
+            watcher=watcher,
+            handler=handler,
+        )
 
     # ---- one watcher ------------------------------------------------------------
     def build_watcher(self, slot: WatcherSlot, lease: Lease | None = None) -> Watcher:
@@ -156,12 +170,26 @@ class Supervisor:
         ws = slot.ws
         database = ws.database or self.settings.mongodb.database
         bound = [(h, self.handlers[h], self._context(h, slot.name, database)) for h in ws.handlers]
-        dispatcher = Dispatcher(slot.name, bound, ws, self.dead_letters, self.metrics,
-                                guard=None if lease is None else lease.valid)
+        dispatcher = Dispatcher(
+            slot.name,
+            bound,
+            ws,
+            self.dead_letters,
+            self.metrics,
+            guard=None if lease is None else lease.valid,
+        )
         extra = [partition_stage(slot.partition, ws.partitions)] if ws.partitions > 1 else []
-        return Watcher(self.settings, ws, self.client[database], dispatcher, self.checkpoints,
-                       self.metrics, name=slot.name, extra_stages=extra,
-                       fence=None if lease is None else _constant(lease.epoch))
+        return Watcher(
+            self.settings,
+            ws,
+            self.client[database],
+            dispatcher,
+            self.checkpoints,
+            self.metrics,
+            name=slot.name,
+            extra_stages=extra,
+            fence=None if lease is None else _constant(lease.epoch),
+        )
 
     async def _supervise(self, slot: WatcherSlot) -> None:
         delay = 0.5
@@ -191,8 +219,9 @@ class Supervisor:
                     continue
                 slot.state = "stopped_by_policy" if exc.expected else "failed"
                 slot.reason = exc.reason
-                log.error("watcher_stopped", watcher=slot.name, reason=exc.reason,
-                          expected=exc.expected)
+                log.error(
+                    "watcher_stopped", watcher=slot.name, reason=exc.reason, expected=exc.expected
+                )
                 return
             except asyncio.CancelledError:
                 raise
@@ -222,16 +251,24 @@ class Supervisor:
             slot.seen_tracebacks.add(tb)
             log.error("watcher_crashed", watcher=slot.name, error=slot.reason, traceback=tb)
         else:
-            log.warning("watcher_crashed_again", watcher=slot.name, error=slot.reason,
-                        restarts=slot.restarts)
+            log.warning(
+                "watcher_crashed_again",
+                watcher=slot.name,
+                error=slot.reason,
+                restarts=slot.restarts,
+            )
 
     async def _acquire(self, slot: WatcherSlot) -> Lease | None:
         """Stand by until this process owns the slot's lease (None: leases are off, or stop)."""
         if not self.settings.leases.enabled:
             return None
         assert self.client is not None
-        lease = Lease(self.client[self.settings.state.database], slot.name, self.instance_id,
-                      self.settings.leases.ttl)
+        lease = Lease(
+            self.client[self.settings.state.database],
+            slot.name,
+            self.instance_id,
+            self.settings.leases.ttl,
+        )
         poll = min(1.0, self.settings.leases.ttl / 3)
         while not self.stop_requested.is_set():
             try:
@@ -267,7 +304,7 @@ class Supervisor:
             for ws in self.settings.watchers:
                 held = [s for s in self.slots if s.ws is ws and s.held and not s.yield_requested]
                 extra = len(held) - fair_share(ws.partitions, alive) if ws.partitions > 1 else 0
-                for slot in held[len(held) - extra:] if extra > 0 else []:
+                for slot in held[len(held) - extra :] if extra > 0 else []:
                     log.info("partition_handover", watcher=slot.name, members=alive)
                     slot.yield_requested = True
                     if slot.watcher is not None:
@@ -280,9 +317,17 @@ class Supervisor:
         with contextlib.suppress(PyMongoError):
             await self.client[self.settings.state.database]["watcher_status"].update_one(
                 {"_id": slot.name},
-                {"$set": {"state": slot.state, "reason": slot.reason, "instance": self.instance_id,
-                          "restarts": slot.restarts, "updated": datetime.now(UTC)}},
-                upsert=True)
+                {
+                    "$set": {
+                        "state": slot.state,
+                        "reason": slot.reason,
+                        "instance": self.instance_id,
+                        "restarts": slot.restarts,
+                        "updated": datetime.now(UTC),
+                    }
+                },
+                upsert=True,
+            )
 
     async def _relay_stop(self, watcher: Watcher, lease: Lease | None) -> None:
         waits = [asyncio.create_task(self.stop_requested.wait())]
@@ -308,7 +353,7 @@ class Supervisor:
         tasks = [s.task for s in self.slots if s.task is not None]
         if tasks:
             # watchers drain up to shutdown_timeout themselves; allow the final flush on top
-            done, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_timeout + 5)
+            _done, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_timeout + 5)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -335,8 +380,11 @@ class Supervisor:
             state = slot.state
             if w is not None and state == "running":
                 state = w.state
-            out[slot.name] = {"state": state, "reason": slot.reason or (w.reason if w else ""),
-                              "restarts": slot.restarts}
+            out[slot.name] = {
+                "state": state,
+                "reason": slot.reason or (w.reason if w else ""),
+                "restarts": slot.restarts,
+            }
         return out
 
     def health(self) -> dict[str, Any]:
@@ -346,7 +394,8 @@ class Supervisor:
         states = self.watcher_states()
         ok = self.client is not None and all(
             s["state"] in ("running", "standby", "stopped_by_policy", "snapshot", "resuming")
-            for s in states.values())
+            for s in states.values()
+        )
         return ok, {"watchers": states}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Mapping
@@ -11,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from bson import Timestamp
-from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
+from pymongo.errors import ConnectionFailure, OperationFailure
 
-from worker.checkpoints import Checkpoint, Checkpointer, CheckpointStore
+from worker.checkpoints import Checkpointer, CheckpointStore
 from worker.dispatch import Dispatcher, LeaseLost
 from worker.errors import StopWatcher
 from worker.events import ChangeEvent
@@ -31,7 +32,7 @@ INVALID_RESUME_TOKEN = 260
 log = structlog.get_logger("worker.watcher")
 
 
-class WatcherStopped(Exception):  # noqa: N818 - an outcome, raised to leave the run loop
+class WatcherStopped(Exception):
     """The watcher stopped on purpose (policy or handler); ``expected`` keeps it ready."""
 
     def __init__(self, reason: str, expected: bool, fenced: bool = False) -> None:
@@ -41,7 +42,9 @@ class WatcherStopped(Exception):  # noqa: N818 - an outcome, raised to leave the
         self.fenced = fenced
 
 
-def build_pipeline(ws: WatcherSettings, extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def build_pipeline(
+    ws: WatcherSettings, extra: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """The server-side filter: operations and the user's match, as one ``$match`` stage."""
     clauses: list[dict[str, Any]] = []
     if ws.operations:
@@ -76,10 +79,18 @@ class Watcher:
         partition: ``(index, count)`` when the watcher is split into partitions.
     """
 
-    def __init__(self, settings: Settings, ws: WatcherSettings, database: AsyncDatabase[Any],
-                 dispatcher: Dispatcher, store: CheckpointStore, metrics: Metrics | None,
-                 name: str | None = None, extra_stages: list[dict[str, Any]] | None = None,
-                 fence: Any = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        ws: WatcherSettings,
+        database: AsyncDatabase[Any],
+        dispatcher: Dispatcher,
+        store: CheckpointStore,
+        metrics: Metrics | None,
+        name: str | None = None,
+        extra_stages: list[dict[str, Any]] | None = None,
+        fence: Any = None,
+    ) -> None:
         self.settings, self.ws, self.db = settings, ws, database
         self.name = name or ws.name
         self.dispatcher, self.store, self.metrics = dispatcher, store, metrics
@@ -92,9 +103,15 @@ class Watcher:
         self.reason = ""
         self.log = log.bind(watcher=self.name)
         self.checkpointer = Checkpointer(
-            store, self.name, dispatcher, settings.checkpoint.interval,
-            settings.checkpoint.max_events, metrics=metrics, epoch=self._epoch,
-            on_fenced=self.stopping.set)
+            store,
+            self.name,
+            dispatcher,
+            settings.checkpoint.interval,
+            settings.checkpoint.max_events,
+            metrics=metrics,
+            epoch=self._epoch,
+            on_fenced=self.stopping.set,
+        )
 
     def _epoch(self) -> int | None:
         return None if self.fence is None else self.fence()
@@ -106,22 +123,25 @@ class Watcher:
     def _open_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {
             "full_document": None if self.ws.full_document == "default" else self.ws.full_document,
-            "full_document_before_change": None if self.ws.full_document_before_change == "off"
+            "full_document_before_change": None
+            if self.ws.full_document_before_change == "off"
             else self.ws.full_document_before_change,
             "batch_size": self.ws.batch_size,
             "max_await_time_ms": int(self.ws.max_await_time * 1000),
         }
         return kw
 
-    async def _open(self, resume: Mapping[str, Any] | None, at: Timestamp | None,
-                    start_after: bool = False) -> AsyncChangeStream[Any]:
+    async def _open(
+        self, resume: Mapping[str, Any] | None, at: Timestamp | None, start_after: bool = False
+    ) -> AsyncChangeStream[Any]:
         kw = self._open_kwargs()
         if resume is not None:
             kw["start_after" if start_after else "resume_after"] = resume
         elif at is not None:
             kw["start_at_operation_time"] = at
         try:
-            return await self.target.watch(self.pipeline, **kw)
+            stream: AsyncChangeStream[Any] = await self.target.watch(self.pipeline, **kw)
+            return stream
         except OperationFailure as exc:
             if exc.code == INVALID_RESUME_TOKEN and resume is not None and not start_after:
                 # the stored token is an invalidate: only startAfter may begin after it
@@ -171,10 +191,11 @@ class Watcher:
                 try:
                     stream = await self._open(resume, at)
                     async with stream:
-                        if resume is None and at is None:
+                        fresh = stream.resume_token
+                        if resume is None and at is None and fresh is not None:
                             # a fresh start: remember where "now" was, so a crash before the
                             # first event cannot skip what happens in between
-                            self.dispatcher.mark_idle(stream.resume_token)
+                            self.dispatcher.mark_idle(fresh)
                             await self.checkpointer.flush()
                         self.state, self.reason = "running", ""
                         self._set_up(True)
@@ -200,16 +221,18 @@ class Watcher:
             await self._finish()
         self._check_dispatcher()
         if self.checkpointer.fenced:
-            raise WatcherStopped("checkpoint write fenced off by a newer lease epoch", True,
-                                 fenced=True)
+            raise WatcherStopped(
+                "checkpoint write fenced off by a newer lease epoch", True, fenced=True
+            )
 
     async def _read(self, stream: AsyncChangeStream[Any]) -> None:
         while not self.stopping.is_set() and stream.alive:
             change = await stream.try_next()
             self._check_dispatcher()
             if change is None:
-                if stream.resume_token is not None:
-                    self.dispatcher.mark_idle(stream.resume_token)
+                token = stream.resume_token
+                if token is not None:
+                    self.dispatcher.mark_idle(token)
                 self._observe_idle()
                 continue
             if change.get("operationType") == "invalidate":
@@ -225,15 +248,17 @@ class Watcher:
 
     async def _after_invalidate(self) -> tuple[Mapping[str, Any] | None, None]:
         if self.ws.on_invalidate == "stop":
-            raise WatcherStopped("stream invalidated (drop, rename or dropDatabase); "
-                                 "on_invalidate=stop", True)
+            raise WatcherStopped(
+                "stream invalidated (drop, rename or dropDatabase); on_invalidate=stop", True
+            )
         token = self.last_token
         if token is not None:
             self.dispatcher.mark_idle(token)  # the new stream begins after the invalidate
         return token, None
 
-    async def _reopen(self, reason: str, exc: Exception, backoff: float
-                      ) -> tuple[Mapping[str, Any] | None, Timestamp | None]:
+    async def _reopen(
+        self, reason: str, exc: Exception, backoff: float
+    ) -> tuple[Mapping[str, Any] | None, Timestamp | None]:
         self.state, self.reason = "resuming", f"{reason}: {exc}"
         self.log.warning("watcher_resuming", reason=reason, error=str(exc)[:300])
         if self.metrics is not None:
@@ -253,22 +278,26 @@ class Watcher:
         if self.metrics is not None:
             self.metrics.resumes_total.labels(self.name, "history_lost").inc()
         if policy == "fail":
-            self.log.error("watcher_history_lost", policy=policy, lost_since=_iso(since),
-                           error=str(exc)[:300])
+            self.log.error(
+                "watcher_history_lost", policy=policy, lost_since=_iso(since), error=str(exc)[:300]
+            )
             raise WatcherStopped("change stream history lost (286); on_history_lost=fail", False)
         now = datetime.now(UTC)
-        self.log.error("data_gap", watcher=self.name, policy=policy, lost_from=_iso(since),
-                       lost_until=now.isoformat())
+        self.log.error(
+            "data_gap",
+            watcher=self.name,
+            policy=policy,
+            lost_from=_iso(since),
+            lost_until=now.isoformat(),
+        )
         self.last_token = None
         if policy == "snapshot":
             return await self._snapshot(None)
         return None, None
 
     async def _sleep(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), seconds)
-        except TimeoutError:
-            pass
 
     def _set_up(self, up: bool) -> None:
         if self.metrics is not None:
@@ -278,8 +307,11 @@ class Watcher:
         if self.metrics is None:
             return
         self.metrics.events_received_total.labels(self.name, event.operation_type).inc()
-        ts = event.wall_time.timestamp() if event.wall_time else (
-            event.cluster_time.time if event.cluster_time else None)
+        ts = (
+            event.wall_time.timestamp()
+            if event.wall_time
+            else (event.cluster_time.time if event.cluster_time else None)
+        )
         if ts is not None:
             self.metrics.lag_seconds.labels(self.name).set(max(0.0, time.time() - ts))
         self.metrics.last_batch_timestamp_seconds.labels(self.name).set(time.time())

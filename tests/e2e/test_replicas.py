@@ -29,11 +29,17 @@ def dbs(mongo_uri: str) -> Any:
 
 
 def start_three(mongo_uri: str, db: Any, state: Any, tmp: Path, **wkw: Any) -> list[WorkerProcess]:
-    cfg = config_dict(mongo_uri, db.name, state.name, [watcher(**wkw)],
-                      leases={"enabled": True, "ttl": f"{TTL}s",
-                              "instance_id": "${INSTANCE_ID}"})
-    return [WorkerProcess(cfg, tmp, name=f"w{i}", env={"INSTANCE_ID": f"w{i}"}).start()
-            for i in range(3)]
+    cfg = config_dict(
+        mongo_uri,
+        db.name,
+        state.name,
+        [watcher(**wkw)],
+        leases={"enabled": True, "ttl": f"{TTL}s", "instance_id": "${INSTANCE_ID}"},
+    )
+    return [
+        WorkerProcess(cfg, tmp, name=f"w{i}", env={"INSTANCE_ID": f"w{i}"}).start()
+        for i in range(3)
+    ]
 
 
 def owner(state: Any, name: str = "items") -> dict[str, Any] | None:
@@ -49,11 +55,12 @@ def stop_all(workers: list[WorkerProcess]) -> None:
 
 
 class TestFailover:
-    def test_sigkill_active_standby_takes_over_within_ttl(self, dbs: Any, tmp_path: Path,
-                                                          mongo_uri: str) -> None:
+    def test_sigkill_active_standby_takes_over_within_ttl(
+        self, dbs: Any, tmp_path: Path, mongo_uri: str
+    ) -> None:
         """Kill the active replica mid-load: a standby owns the lease within TTL + 2 s and
         every event is handled."""
-        client, db, state = dbs
+        _client, db, state = dbs
         workers = start_three(mongo_uri, db, state, tmp_path)
         try:
             wait_until(lambda: owner(state) is not None, 30, "a lease owner")
@@ -72,8 +79,15 @@ class TestFailover:
             active = next(w for w in workers if w.name == first["owner"])
             active.kill()
             killed_at = time.monotonic()
-            wait_until(lambda: (o := owner(state)) is not None and o["owner"] != first["owner"]
-                       and o["epoch"] > first["epoch"], TTL + 10, "a new owner")
+            wait_until(
+                lambda: (
+                    (o := owner(state)) is not None
+                    and o["owner"] != first["owner"]
+                    and o["epoch"] > first["epoch"]
+                ),
+                TTL + 10,
+                "a new owner",
+            )
             takeover = time.monotonic() - killed_at
             writer.join()
             wait_until(lambda: len(state.handled.distinct("key")) >= total, 120, "all events")
@@ -85,7 +99,7 @@ class TestFailover:
     def test_paused_owner_is_fenced(self, dbs: Any, tmp_path: Path, mongo_uri: str) -> None:
         """SIGSTOP the owner past its TTL, then SIGCONT: it handles nothing more, writes no
         checkpoint, and stands by."""
-        client, db, state = dbs
+        _client, db, state = dbs
         workers = start_three(mongo_uri, db, state, tmp_path)
         try:
             wait_until(lambda: owner(state) is not None, 30, "a lease owner")
@@ -93,8 +107,11 @@ class TestFailover:
             assert first is not None
             paused = next(w for w in workers if w.name == first["owner"])
             paused.signal(signal.SIGSTOP)
-            wait_until(lambda: (o := owner(state)) is not None and o["owner"] != first["owner"],
-                       TTL + 10, "a new owner")
+            wait_until(
+                lambda: (o := owner(state)) is not None and o["owner"] != first["owner"],
+                TTL + 10,
+                "a new owner",
+            )
             db.items.insert_many([{"_id": i, "seq": i} for i in range(200)])
             resumed_at = time.time()
             paused.signal(signal.SIGCONT)
@@ -105,16 +122,20 @@ class TestFailover:
             assert late == 0, "the deposed owner handled events after waking"
             cp = state.checkpoints.find_one({"_id": "items"})
             assert cp["epoch"] > first["epoch"], "the checkpoint carries an old owner's epoch"
-            wait_until(lambda: "watcher_deposed" in paused.log() or "lease_lost" in paused.log(),
-                       10, "the paused replica to notice")
+            wait_until(
+                lambda: "watcher_deposed" in paused.log() or "lease_lost" in paused.log(),
+                10,
+                "the paused replica to notice",
+            )
             assert paused.proc is not None and paused.proc.poll() is None, "it stays as standby"
         finally:
             stop_all(workers)
 
-    def test_sigterm_owner_hands_over_at_once(self, dbs: Any, tmp_path: Path,
-                                              mongo_uri: str) -> None:
+    def test_sigterm_owner_hands_over_at_once(
+        self, dbs: Any, tmp_path: Path, mongo_uri: str
+    ) -> None:
         """A graceful stop releases the lease: takeover well under the TTL."""
-        client, db, state = dbs
+        _client, db, state = dbs
         workers = start_three(mongo_uri, db, state, tmp_path)
         try:
             wait_until(lambda: owner(state) is not None, 30, "a lease owner")
@@ -123,8 +144,11 @@ class TestFailover:
             active = next(w for w in workers if w.name == first["owner"])
             active.signal(signal.SIGTERM)
             t0 = time.monotonic()
-            wait_until(lambda: (o := owner(state)) is not None and o["owner"] != first["owner"],
-                       TTL + 10, "a new owner")
+            wait_until(
+                lambda: (o := owner(state)) is not None and o["owner"] != first["owner"],
+                TTL + 10,
+                "a new owner",
+            )
             takeover = time.monotonic() - t0
             assert active.wait(30) == 0
             assert takeover < TTL, f"graceful takeover took {takeover:.1f}s"
@@ -133,13 +157,15 @@ class TestFailover:
 
 
 class TestPartitions:
-    def test_four_partitions_over_three_processes(self, dbs: Any, tmp_path: Path,
-                                                  mongo_uri: str) -> None:
+    def test_four_partitions_over_three_processes(
+        self, dbs: Any, tmp_path: Path, mongo_uri: str
+    ) -> None:
         """partitions: 4 over 3 processes: all partitions active, load spread, per-key order
         held, nothing missing."""
-        client, db, state = dbs
-        workers = start_three(mongo_uri, db, state, tmp_path, partitions=4,
-                              full_document="updateLookup")
+        _client, db, state = dbs
+        workers = start_three(
+            mongo_uri, db, state, tmp_path, partitions=4, full_document="updateLookup"
+        )
         try:
             names = [f"items#{i}" for i in range(4)]
             wait_until(lambda: all(owner(state, n) for n in names), 30, "4 partition owners")

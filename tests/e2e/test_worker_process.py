@@ -42,22 +42,30 @@ def checkpoint_covered(client: Any, db: Any, state: Any) -> tuple[int, int]:
     if cp is None or cp.get("cluster_time") is None:
         return 0, 0
     ns = f"{db.name}.items"
-    before = [e["o"]["_id"] for e in client.local["oplog.rs"].find(
-        {"ns": ns, "op": "i", "ts": {"$lte": cp["cluster_time"]}})]
+    before = [
+        e["o"]["_id"]
+        for e in client.local["oplog.rs"].find(
+            {"ns": ns, "op": "i", "ts": {"$lte": cp["cluster_time"]}}
+        )
+    ]
     done = set(state.handled.distinct("key"))
     return len(before), sum(1 for k in before if k not in done)
 
 
 class TestCrashes:
-    def test_sigkill_five_times_during_load_loses_nothing(self, dbs: Any, tmp_path: Path,
-                                                          mongo_uri: str) -> None:
+    def test_sigkill_five_times_during_load_loses_nothing(
+        self, dbs: Any, tmp_path: Path, mongo_uri: str
+    ) -> None:
         """10,000 inserts, the worker SIGKILLed 5 times: every event handled, the checkpoint
         never ahead of unfinished work."""
         client, db, state = dbs
         cfg = config_dict(mongo_uri, db.name, state.name, [watcher(concurrency=32)])
         worker = WorkerProcess(cfg, tmp_path).start()
-        wait_until(lambda: state.checkpoints.find_one({"_id": "items"}) is not None, 30,
-                   "the first checkpoint")
+        wait_until(
+            lambda: state.checkpoints.find_one({"_id": "items"}) is not None,
+            30,
+            "the first checkpoint",
+        )
         total = 10_000
 
         def load() -> None:
@@ -86,17 +94,23 @@ class TestCrashes:
 
 
 class TestGracefulShutdown:
-    def test_sigterm_drains_in_flight_and_exits_zero(self, dbs: Any, tmp_path: Path,
-                                                     mongo_uri: str) -> None:
+    def test_sigterm_drains_in_flight_and_exits_zero(
+        self, dbs: Any, tmp_path: Path, mongo_uri: str
+    ) -> None:
         """SIGTERM: in-flight events finish, the final checkpoint covers them, exit code 0."""
         client, db, state = dbs
-        handlers = {"recorder": {"type": "tests.support.recorder:Recorder",
-                                 "options": {"delay": 0.5}}}
-        cfg = config_dict(mongo_uri, db.name, state.name, [watcher(concurrency=16)],
-                          handlers=handlers)
+        handlers = {
+            "recorder": {"type": "tests.support.recorder:Recorder", "options": {"delay": 0.5}}
+        }
+        cfg = config_dict(
+            mongo_uri, db.name, state.name, [watcher(concurrency=16)], handlers=handlers
+        )
         worker = WorkerProcess(cfg, tmp_path).start()
-        wait_until(lambda: state.checkpoints.find_one({"_id": "items"}) is not None, 30,
-                   "the first checkpoint")
+        wait_until(
+            lambda: state.checkpoints.find_one({"_id": "items"}) is not None,
+            30,
+            "the first checkpoint",
+        )
         db.items.insert_many([{"_id": i, "seq": i} for i in range(10)])
         time.sleep(0.3)  # the handlers are sleeping now
         worker.signal(signal.SIGTERM)

@@ -17,16 +17,25 @@ from tests.support.harness import config_dict, eventually, running, settings_of,
 async def env(mongo_uri: str) -> Any:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
     db, state = unique("db"), unique("state")
-    yield {"uri": mongo_uri, "client": client, "db": client[db], "state": client[state],
-           "db_name": db, "state_name": state}
+    yield {
+        "uri": mongo_uri,
+        "client": client,
+        "db": client[db],
+        "state": client[state],
+        "db_name": db,
+        "state_name": state,
+    }
     await client.drop_database(db)
     await client.drop_database(state)
     await client.close()
 
 
 def cfg(env: dict[str, Any], *watchers: dict[str, Any], **over: Any) -> Any:
-    return settings_of(config_dict(env["uri"], env["db_name"], env["state_name"],
-                                   list(watchers) or [watcher()], **over))
+    return settings_of(
+        config_dict(
+            env["uri"], env["db_name"], env["state_name"], list(watchers) or [watcher()], **over
+        )
+    )
 
 
 async def handled(env: dict[str, Any], **query: Any) -> list[dict[str, Any]]:
@@ -38,7 +47,9 @@ async def count_handled(env: dict[str, Any], n: int) -> bool:
 
 
 class TestResume:
-    async def test_clean_restart_resumes_without_loss_or_duplicates(self, env: dict[str, Any]) -> None:
+    async def test_clean_restart_resumes_without_loss_or_duplicates(
+        self, env: dict[str, Any]
+    ) -> None:
         """Events written while the worker is down are handled once after restart."""
         settings = cfg(env)
         async with running(settings):
@@ -67,10 +78,10 @@ class TestResume:
 class TestOrdering:
     async def test_same_key_in_stream_order_under_concurrency(self, env: dict[str, Any]) -> None:
         """Events of one document are handled in stream order while keys run concurrently."""
-        handlers = {"recorder": {"type": "tests.support.recorder:Recorder",
-                                 "options": {"delay": 0.002}}}
-        settings = cfg(env, watcher(concurrency=8, full_document="updateLookup"),
-                       handlers=handlers)
+        handlers = {
+            "recorder": {"type": "tests.support.recorder:Recorder", "options": {"delay": 0.002}}
+        }
+        settings = cfg(env, watcher(concurrency=8, full_document="updateLookup"), handlers=handlers)
         async with running(settings):
             await asyncio.sleep(0.3)
             await env["db"].items.insert_many([{"_id": k, "seq": 0} for k in range(10)])
@@ -93,7 +104,7 @@ class TestCheckpoints:
             await eventually(lambda: _has_checkpoint(env), what="first checkpoint")
             first = (await env["state"].checkpoints.find_one({"_id": "items"}))["cluster_time"]
             await env["db"].elsewhere.insert_one({"x": 1})  # moves cluster time, not our stream
-            later = (await env["db"].elsewhere.find_one({"x": 1}))
+            later = await env["db"].elsewhere.find_one({"x": 1})
             assert later is not None
 
             async def moved() -> bool:
@@ -110,10 +121,12 @@ async def _has_checkpoint(env: dict[str, Any]) -> bool:
 
 class TestFailures:
     async def test_permanent_failure_goes_to_dead_letters_and_lane_continues(
-            self, env: dict[str, Any]) -> None:
+        self, env: dict[str, Any]
+    ) -> None:
         """A refused event lands in dead_letters with its reason; later events still run."""
-        handlers = {"recorder": {"type": "tests.support.recorder:Recorder",
-                                 "options": {"fail_keys": [3]}}}
+        handlers = {
+            "recorder": {"type": "tests.support.recorder:Recorder", "options": {"fail_keys": [3]}}
+        }
         async with running(cfg(env, handlers=handlers)):
             await asyncio.sleep(0.3)
             await env["db"].items.insert_many([{"_id": i, "seq": i} for i in range(6)])
@@ -169,8 +182,9 @@ class TestHistoryLost:
             await eventually(lambda: count_handled(env, 1), what="first event")
         await env["db"].items.insert_many([{"seq": i} for i in range(1, 4)])
         now = (await env["client"].admin.command("ping"))["operationTime"]
-        await env["client"].admin.command({"emulatorTruncateOplog": 1,
-                                           "before": Timestamp(now.time, now.inc + 1)})
+        await env["client"].admin.command(
+            {"emulatorTruncateOplog": 1, "before": Timestamp(now.time, now.inc + 1)}
+        )
 
     async def test_fail_policy_stops_not_ready(self, env: dict[str, Any]) -> None:
         """on_history_lost=fail: the watcher stops with an error log and is not ready."""
@@ -178,6 +192,7 @@ class TestHistoryLost:
         await self._lose_history(env, settings)
         with capture_logs() as logs:
             async with running(settings) as sup:
+
                 async def failed() -> bool:
                     return sup.watcher_states()["items"]["state"] == "failed"
 
@@ -191,10 +206,14 @@ class TestHistoryLost:
         await self._lose_history(env, settings)
         with capture_logs() as logs:
             async with running(settings) as sup:
+
                 async def reopened() -> bool:
                     w = sup.slots[0].watcher
-                    return any(e["event"] == "data_gap" for e in logs) and w is not None \
+                    return (
+                        any(e["event"] == "data_gap" for e in logs)
+                        and w is not None
                         and w.state == "running"
+                    )
 
                 await eventually(reopened, what="the stream reopened after the gap")
                 await env["db"].items.insert_one({"seq": 99})
@@ -221,7 +240,9 @@ async def _snapshots(env: dict[str, Any], n: int) -> bool:
 
 
 class TestSnapshotStart:
-    async def test_start_at_snapshot_delivers_existing_then_streams(self, env: dict[str, Any]) -> None:
+    async def test_start_at_snapshot_delivers_existing_then_streams(
+        self, env: dict[str, Any]
+    ) -> None:
         """start_at=snapshot: existing documents first (flagged), then live changes."""
         await env["db"].items.insert_many([{"_id": i, "seq": i} for i in range(50)])
         async with running(cfg(env, watcher(start_at="snapshot"))):
@@ -239,8 +260,9 @@ class TestBackpressure:
     async def test_reading_stops_while_handlers_are_busy(self, env: dict[str, Any]) -> None:
         """With 100,000 pending events and a slow handler, the watcher holds at most
         concurrency + one batch of events: memory does not grow with the backlog."""
-        handlers = {"recorder": {"type": "tests.support.recorder:Recorder",
-                                 "options": {"delay": 0.05}}}
+        handlers = {
+            "recorder": {"type": "tests.support.recorder:Recorder", "options": {"delay": 0.05}}
+        }
         settings = cfg(env, watcher(concurrency=8, batch_size=500), handlers=handlers)
         async with running(settings):
             await eventually(lambda: _has_checkpoint(env), what="first checkpoint")

@@ -27,8 +27,14 @@ def unique(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:8]}"
 
 
-def config_dict(uri: str, db: str, state_db: str, watchers: list[dict[str, Any]],
-                handlers: dict[str, Any] | None = None, **over: Any) -> dict[str, Any]:
+def config_dict(
+    uri: str,
+    db: str,
+    state_db: str,
+    watchers: list[dict[str, Any]],
+    handlers: dict[str, Any] | None = None,
+    **over: Any,
+) -> dict[str, Any]:
     """A complete config as a dict; `over` replaces top-level sections."""
     cfg: dict[str, Any] = {
         "mongodb": {"uri": uri, "database": db},
@@ -46,9 +52,14 @@ def config_dict(uri: str, db: str, state_db: str, watchers: list[dict[str, Any]]
 
 
 def watcher(name: str = "items", collection: str = "items", **kw: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"name": name, "collection": collection, "handlers": ["recorder"],
-                            "max_await_time": "100ms", "concurrency": 16,
-                            "retry": {"attempts": 3, "initial_delay": "10ms", "max_delay": "50ms"}}
+    base: dict[str, Any] = {
+        "name": name,
+        "collection": collection,
+        "handlers": ["recorder"],
+        "max_await_time": "100ms",
+        "concurrency": 16,
+        "retry": {"attempts": 3, "initial_delay": "10ms", "max_delay": "50ms"},
+    }
     base.update(kw)
     return base
 
@@ -68,8 +79,9 @@ async def running(settings: Settings) -> AsyncIterator[Supervisor]:
         await sup.shutdown()
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0,
-                     what: str = "condition") -> None:
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float = 15.0, what: str = "condition"
+) -> None:
     """Poll an async predicate until it holds; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -82,7 +94,9 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0
 class WorkerProcess:
     """`changestream-worker run` in a child process, logs in a file."""
 
-    def __init__(self, cfg: dict[str, Any], tmp: Path, name: str = "w", env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, cfg: dict[str, Any], tmp: Path, name: str = "w", env: dict[str, str] | None = None
+    ) -> None:
         self.path = tmp / f"{name}.yaml"
         self.path.write_text(yaml.safe_dump(cfg))
         self.log_path = tmp / f"{name}.log"
@@ -94,7 +108,11 @@ class WorkerProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "worker", "run", "-c", str(self.path)],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO)
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=REPO,
+        )
         log.close()
         return self
 

@@ -29,14 +29,16 @@ class Recorder(Handler):
         doc = event.full_document or {}
         if event.document_id in opts.fail_keys:
             raise PermanentError(f"refusing key {event.document_id!r}")
-        await ctx.state_database[opts.collection].insert_one({
-            "event_id": event.event_id,
-            "key": event.document_id,
-            "op": event.operation_type,
-            "seq": doc.get("seq"),
-            "ts": event.cluster_time,
-            "watcher": ctx.watcher,
-            "snapshot": event.from_snapshot,
-            "pid": os.getpid(),
-            "at": time.time(),
-        })
+        await ctx.state_database[opts.collection].insert_one(
+            {
+                "event_id": event.event_id,
+                "key": event.document_id,
+                "op": event.operation_type,
+                "seq": doc.get("seq"),
+                "ts": event.cluster_time,
+                "watcher": ctx.watcher,
+                "snapshot": event.from_snapshot,
+                "pid": os.getpid(),
+                "at": time.time(),
+            }
+        )

@@ -19,10 +19,25 @@ compat.install()
 # high-water mark (everything up to and including that cluster time has been seen).
 EVENT, INVALIDATE, HWM = 0, 1, 2
 Pos = tuple[int, int, int, int]
-OPTIONS = {"fullDocument", "fullDocumentBeforeChange", "resumeAfter", "startAfter",
-           "startAtOperationTime", "allChangesForCluster", "showExpandedEvents"}
-USER_STAGES = {"$match", "$project", "$addFields", "$set", "$unset", "$replaceRoot",
-               "$replaceWith", "$redact"}
+OPTIONS = {
+    "fullDocument",
+    "fullDocumentBeforeChange",
+    "resumeAfter",
+    "startAfter",
+    "startAtOperationTime",
+    "allChangesForCluster",
+    "showExpandedEvents",
+}
+USER_STAGES = {
+    "$match",
+    "$project",
+    "$addFields",
+    "$set",
+    "$unset",
+    "$replaceRoot",
+    "$replaceWith",
+    "$redact",
+}
 EXPANDED = {"create", "createIndexes", "dropIndexes", "modify"}
 
 
@@ -45,16 +60,25 @@ def decode_token(token: Any) -> Pos:
 class ChangeStream:
     """One open change stream: its scope, options, user stages and position in the oplog."""
 
-    def __init__(self, store: Store, db: str, coll: str | None, spec: dict[str, Any],
-                 pipeline: list[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        db: str,
+        coll: str | None,
+        spec: dict[str, Any],
+        pipeline: list[dict[str, Any]],
+    ) -> None:
         self.store = store
         for key in spec:
             if key not in OPTIONS:
                 raise unknown_field(f"$changeStream.{key}")
         self.cluster = bool(spec.get("allChangesForCluster"))
         if self.cluster and (db != "admin" or coll is not None):
-            raise CommandError(40573, "$changeStream may only be run with "
-                                      "{allChangesForCluster: true} on the 'admin' database")
+            raise CommandError(
+                40573,
+                "$changeStream may only be run with "
+                "{allChangesForCluster: true} on the 'admin' database",
+            )
         if not self.cluster and db in INTERNAL_DBS:
             raise CommandError(73, f"$changeStream may not be opened on the internal {db} database")
         self.db, self.coll = db, coll
@@ -68,25 +92,29 @@ class ChangeStream:
         for stage in pipeline:
             name = next(iter(stage), "")
             if name == "$changeStream":
-                raise CommandError(40602, "$changeStream is only valid as the first stage in a "
-                                          "pipeline")
+                raise CommandError(
+                    40602, "$changeStream is only valid as the first stage in a pipeline"
+                )
             if name not in USER_STAGES:
                 raise CommandError(
                     280 if name.startswith("$") else 40324,
-                    f"{name} is not permitted in a $changeStream pipeline")
+                    f"{name} is not permitted in a $changeStream pipeline",
+                )
         self.pipeline = pipeline
         self.closed = False
         self.pos = self._start(spec)
         find = bisect.bisect_left if self.pos[3] < 0 else bisect.bisect_right
         self.index = self.store.truncated + find(
-            self.store.oplog, self.pos[:3], key=lambda e: (e.ts.time, e.ts.inc, e.txn_index))
+            self.store.oplog, self.pos[:3], key=lambda e: (e.ts.time, e.ts.inc, e.txn_index)
+        )
         self.skip_first_invalidate = False
 
     def _start(self, spec: dict[str, Any]) -> Pos:
         given = [k for k in ("resumeAfter", "startAfter", "startAtOperationTime") if k in spec]
         if len(given) > 1:
-            raise CommandError(40674, "Only one type of resume option is allowed, but multiple "
-                                      "were found.")
+            raise CommandError(
+                40674, "Only one type of resume option is allowed, but multiple were found."
+            )
         first = self.store.history_start
         if not given:
             last = self.store.clock.last
@@ -101,8 +129,11 @@ class ChangeStream:
             return (ts.time, ts.inc, 0, -1) if ts.inc or ts.time else (0, 0, 0, -1)
         pos = decode_token(spec[given[0]])
         if pos[3] == INVALIDATE and given[0] == "resumeAfter":
-            raise CommandError(260, "Attempting to resume a change stream using 'resumeAfter' is "
-                                    "not allowed from an invalidate notification.")
+            raise CommandError(
+                260,
+                "Attempting to resume a change stream using 'resumeAfter' is "
+                "not allowed from an invalidate notification.",
+            )
         if Timestamp(pos[0], pos[1]) < first:
             raise self._lost()
         if pos[3] == EVENT and not self._event_exists(pos):
@@ -113,14 +144,18 @@ class ChangeStream:
         return pos
 
     def _event_exists(self, pos: Pos) -> bool:
-        i = bisect.bisect_left(self.store.oplog, pos[:3],
-                               key=lambda e: (e.ts.time, e.ts.inc, e.txn_index))
+        i = bisect.bisect_left(
+            self.store.oplog, pos[:3], key=lambda e: (e.ts.time, e.ts.inc, e.txn_index)
+        )
         return i < len(self.store.oplog) and self.store.oplog[i].pos[:3] == pos[:3]
 
     @staticmethod
     def _lost() -> CommandError:
-        return CommandError(286, "Resume of change stream was not possible, as the resume point "
-                                 "may no longer be in the oplog.")
+        return CommandError(
+            286,
+            "Resume of change stream was not possible, as the resume point "
+            "may no longer be in the oplog.",
+        )
 
     @property
     def resume_token(self) -> dict[str, str]:
@@ -200,8 +235,12 @@ class ChangeStream:
         return ev
 
     def _invalidate(self, e: OplogEntry) -> dict[str, Any]:
-        return {"_id": encode_token((e.ts.time, e.ts.inc, e.txn_index, INVALIDATE)),
-                "operationType": "invalidate", "clusterTime": e.ts, "wallTime": e.wall}
+        return {
+            "_id": encode_token((e.ts.time, e.ts.inc, e.txn_index, INVALIDATE)),
+            "operationType": "invalidate",
+            "clusterTime": e.ts,
+            "wallTime": e.wall,
+        }
 
     def _document_event(self, e: OplogEntry, ev: dict[str, Any]) -> dict[str, Any]:
         op = e.op
@@ -214,9 +253,12 @@ class ChangeStream:
             elif e.images:
                 ev["fullDocument"] = e.post
             elif self.full_document == "required":
-                raise CommandError(38, "Change stream was configured to require a post-image for "
-                                       "all update, delete and replace events, but the post-image "
-                                       "was not found for event.")
+                raise CommandError(
+                    38,
+                    "Change stream was configured to require a post-image for "
+                    "all update, delete and replace events, but the post-image "
+                    "was not found for event.",
+                )
             else:
                 ev["fullDocument"] = None
         ev["ns"] = ev.pop("ns")
@@ -227,9 +269,12 @@ class ChangeStream:
             if e.images:
                 ev["fullDocumentBeforeChange"] = e.pre
             elif self.before == "required":
-                raise CommandError(38, "Change stream was configured to require a pre-image for "
-                                       "all update, delete and replace events, but the pre-image "
-                                       "was not found for event.")
+                raise CommandError(
+                    38,
+                    "Change stream was configured to require a pre-image for "
+                    "all update, delete and replace events, but the pre-image "
+                    "was not found for event.",
+                )
             else:
                 ev["fullDocumentBeforeChange"] = None
         if e.txn_number is not None:
@@ -241,8 +286,11 @@ class ChangeStream:
         if not self.pipeline:
             return doc
         token = doc["_id"]
-        if len(self.pipeline) == 1 and "$match" in self.pipeline[0] and \
-                "$expr" not in self.pipeline[0]["$match"]:
+        if (
+            len(self.pipeline) == 1
+            and "$match" in self.pipeline[0]
+            and "$expr" not in self.pipeline[0]["$match"]
+        ):
             return doc if filtering.filter_applies(self.pipeline[0]["$match"], doc) else None
         try:
             result = list(mm_aggregate.process_pipeline([doc], None, self.pipeline, None))
@@ -252,9 +300,12 @@ class ChangeStream:
             return None
         out = result[0]
         if out.get("_id") != token:
-            raise CommandError(280, "Encountered an event whose _id field, which contains the "
-                                    "resume token, was modified by the pipeline. Modifying the _id "
-                                    "field of an event makes it impossible to resume the stream "
-                                    "from that point. Only transformations that retain the "
-                                    "unmodified _id field are allowed.")
+            raise CommandError(
+                280,
+                "Encountered an event whose _id field, which contains the "
+                "resume token, was modified by the pipeline. Modifying the _id "
+                "field of an event makes it impossible to resume the stream "
+                "from that point. Only transformations that retain the "
+                "unmodified _id field are allowed.",
+            )
         return out

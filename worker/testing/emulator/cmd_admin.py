@@ -24,12 +24,17 @@ async def hello(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
         ctx.conn.app_name = (meta.get("application") or {}).get("name")
     wait_ms = cmd.get("maxAwaitTimeMS")
     tv = cmd.get("topologyVersion")
-    if wait_ms is not None and tv is not None and tv.get("counter") == server.topology_counter \
-            and tv.get("processId") == server.process_id:
+    if (
+        wait_ms is not None
+        and tv is not None
+        and tv.get("counter") == server.topology_counter
+        and tv.get("processId") == server.process_id
+    ):
         # awaitable hello: answer when the topology changes, or when the wait is over
         await server.wait_topology_change(float(wait_ms) / 1000)
-    return server.hello_reply(legacy=next(iter(cmd)) != "hello", conn=ctx.conn,
-                              hello_ok=bool(cmd.get("helloOk")))
+    return server.hello_reply(
+        legacy=next(iter(cmd)) != "hello", conn=ctx.conn, hello_ok=bool(cmd.get("helloOk"))
+    )
 
 
 @command("ping")
@@ -39,23 +44,38 @@ async def ping(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
 
 @command("buildInfo", "buildinfo")
 async def build_info(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
-    return {"version": VERSION, "gitVersion": "emulator", "modules": [], "allocator": "system",
-            "javascriptEngine": "none", "sysInfo": "deprecated",
-            "versionArray": [int(x) for x in VERSION.split(".")] + [0], "bits": 64,
-            "debug": False, "maxBsonObjectSize": 16 * 1024 * 1024,
-            "storageEngines": ["wiredTiger"], "ok": 1.0}
+    return {
+        "version": VERSION,
+        "gitVersion": "emulator",
+        "modules": [],
+        "allocator": "system",
+        "javascriptEngine": "none",
+        "sysInfo": "deprecated",
+        "versionArray": [int(x) for x in VERSION.split(".")] + [0],
+        "bits": 64,
+        "debug": False,
+        "maxBsonObjectSize": 16 * 1024 * 1024,
+        "storageEngines": ["wiredTiger"],
+        "ok": 1.0,
+    }
 
 
-PARAMETERS = {"featureCompatibilityVersion": {"version": "7.0"},
-              "enableTestCommands": True, "transactionLifetimeLimitSeconds": 60}
+PARAMETERS = {
+    "featureCompatibilityVersion": {"version": "7.0"},
+    "enableTestCommands": True,
+    "transactionLifetimeLimitSeconds": 60,
+}
 
 
 @command("getParameter")
 async def get_parameter(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     if cmd["getParameter"] in ("*", {"allParameters": True}):
         return {**PARAMETERS, "ok": 1.0}
-    wanted = [k for k in cmd if k not in ("getParameter", "$db", "lsid", "$clusterTime",
-                                          "$readPreference", "comment")]
+    wanted = [
+        k
+        for k in cmd
+        if k not in ("getParameter", "$db", "lsid", "$clusterTime", "$readPreference", "comment")
+    ]
     unknown = [k for k in wanted if k not in PARAMETERS]
     if unknown or not wanted:
         raise CommandError(72, "no option found to get")
@@ -65,17 +85,31 @@ async def get_parameter(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
 @command("serverStatus")
 async def server_status(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     server = ctx.server
-    return {"host": server.address, "version": VERSION, "process": "mongod", "pid": Int64(os.getpid()),
-            "uptime": float(int(time.monotonic() - server.started)),
-            "uptimeMillis": Int64(int((time.monotonic() - server.started) * 1000)),
-            "localTime": datetime.now(UTC),
-            "connections": {"current": len(server.connections), "available": 838860,
-                            "totalCreated": server.total_connections},
-            "repl": {"setName": server.set_name, "isWritablePrimary": server.is_primary,
-                     "secondary": not server.is_primary, "hosts": [server.address],
-                     "me": server.address, "primary": server.address,
-                     "electionId": server.election_id},
-            "storageEngine": {"name": "wiredTiger"}, "ok": 1.0}
+    return {
+        "host": server.address,
+        "version": VERSION,
+        "process": "mongod",
+        "pid": Int64(os.getpid()),
+        "uptime": float(int(time.monotonic() - server.started)),
+        "uptimeMillis": Int64(int((time.monotonic() - server.started) * 1000)),
+        "localTime": datetime.now(UTC),
+        "connections": {
+            "current": len(server.connections),
+            "available": 838860,
+            "totalCreated": server.total_connections,
+        },
+        "repl": {
+            "setName": server.set_name,
+            "isWritablePrimary": server.is_primary,
+            "secondary": not server.is_primary,
+            "hosts": [server.address],
+            "me": server.address,
+            "primary": server.address,
+            "electionId": server.election_id,
+        },
+        "storageEngine": {"name": "wiredTiger"},
+        "ok": 1.0,
+    }
 
 
 @command("endSessions")
@@ -107,19 +141,38 @@ async def repl_set_get_status(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     state, state_str = (1, "PRIMARY") if server.is_primary else (2, "SECONDARY")
     optime = _optime(last, server.term)
     return {
-        "set": server.set_name, "date": datetime.now(UTC), "myState": state,
-        "term": Int64(server.term), "heartbeatIntervalMillis": Int64(2000),
-        "optimes": {"lastCommittedOpTime": optime, "readConcernMajorityOpTime": optime,
-                    "appliedOpTime": optime, "durableOpTime": optime,
-                    "lastAppliedWallTime": last_date, "lastDurableWallTime": last_date},
+        "set": server.set_name,
+        "date": datetime.now(UTC),
+        "myState": state,
+        "term": Int64(server.term),
+        "heartbeatIntervalMillis": Int64(2000),
+        "optimes": {
+            "lastCommittedOpTime": optime,
+            "readConcernMajorityOpTime": optime,
+            "appliedOpTime": optime,
+            "durableOpTime": optime,
+            "lastAppliedWallTime": last_date,
+            "lastDurableWallTime": last_date,
+        },
         # not in MongoDB's reply: real deployments read local.oplog.rs, which the emulator
         # also serves; kept here so an operator can see the window at a glance
         "oplogWindow": {"first": _optime(store.first_ts(), server.term), "last": optime},
-        "members": [{"_id": 0, "name": server.address, "health": 1.0, "state": state,
-                     "stateStr": state_str, "uptime": int(time.monotonic() - server.started),
-                     "optime": optime, "optimeDate": last_date, "self": True,
-                     "electionId": server.election_id,
-                     "configVersion": 1, "configTerm": server.term}],
+        "members": [
+            {
+                "_id": 0,
+                "name": server.address,
+                "health": 1.0,
+                "state": state,
+                "stateStr": state_str,
+                "uptime": int(time.monotonic() - server.started),
+                "optime": optime,
+                "optimeDate": last_date,
+                "self": True,
+                "electionId": server.election_id,
+                "configVersion": 1,
+                "configTerm": server.term,
+            }
+        ],
         "ok": 1.0,
     }
 
@@ -154,10 +207,13 @@ async def repl_set_step_down(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     secs = float(cmd.get("replSetStepDown") or 60)
     # a one-member set has no electable secondary: only a forced step-down succeeds
     if not cmd.get("force"):
-        raise CommandError(262, "No electable secondaries caught up as of "
-                                f"{datetime.now(UTC).isoformat()}. Please use the replSetStepDown "
-                                "command with the argument {force: true} to force node to step "
-                                "down.")
+        raise CommandError(
+            262,
+            "No electable secondaries caught up as of "
+            f"{datetime.now(UTC).isoformat()}. Please use the replSetStepDown "
+            "command with the argument {force: true} to force node to step "
+            "down.",
+        )
     server.step_down(secs, keep=ctx.conn)
     return {"ok": 1.0}
 
@@ -191,8 +247,11 @@ async def connection_status(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
 
 @command("getCmdLineOpts")
 async def get_cmd_line_opts(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
-    return {"argv": ["mongod", "--replSet", ctx.server.set_name],
-            "parsed": {"replication": {"replSet": ctx.server.set_name}}, "ok": 1.0}
+    return {
+        "argv": ["mongod", "--replSet", ctx.server.set_name],
+        "parsed": {"replication": {"replSet": ctx.server.set_name}},
+        "ok": 1.0,
+    }
 
 
 async def sleep_ms(ms: float) -> None:

@@ -110,16 +110,27 @@ def _sort(spec: Any) -> list[tuple[str, int]] | None:
     items = [(k, v) for k, v in dict(spec).items() if k != "$natural"]
     for k, v in items:
         if v not in (1, -1):
-            raise CommandError(2, f"$sort key ordering must be 1 (for ascending) or -1 "
-                                  f"(for descending) for field {k}")
+            raise CommandError(
+                2,
+                f"$sort key ordering must be 1 (for ascending) or -1 "
+                f"(for descending) for field {k}",
+            )
     return items or None
 
 
 def _oplog_view(ctx: Ctx, cmd: dict[str, Any]) -> list[dict[str, Any]]:
     ops = {"insert": "i", "update": "u", "replace": "u", "delete": "d"}
-    docs = [{"ts": e.ts, "t": Int64(ctx.server.term), "wall": e.wall, "op": ops.get(e.op, "c"),
-             "ns": f"{e.db}.{e.coll}" if e.coll else f"{e.db}.$cmd", "o": e.key or {}}
-            for e in ctx.store.oplog]
+    docs = [
+        {
+            "ts": e.ts,
+            "t": Int64(ctx.server.term),
+            "wall": e.wall,
+            "op": ops.get(e.op, "c"),
+            "ns": f"{e.db}.{e.coll}" if e.coll else f"{e.db}.$cmd",
+            "o": e.key or {},
+        }
+        for e in ctx.store.oplog
+    ]
     if dict(cmd.get("sort") or {}).get("$natural") == -1:
         docs.reverse()
     query = cmd.get("filter") or {}
@@ -128,9 +139,30 @@ def _oplog_view(ctx: Ctx, cmd: dict[str, Any]) -> list[dict[str, Any]]:
 
 @command("find")
 async def find(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
-    check_fields(cmd, {"filter", "sort", "projection", "skip", "limit", "batchSize", "singleBatch",
-                       "hint", "allowDiskUse", "let", "noCursorTimeout", "tailable", "awaitData",
-                       "allowPartialResults", "returnKey", "showRecordId", "min", "max", "collation"})
+    check_fields(
+        cmd,
+        {
+            "filter",
+            "sort",
+            "projection",
+            "skip",
+            "limit",
+            "batchSize",
+            "singleBatch",
+            "hint",
+            "allowDiskUse",
+            "let",
+            "noCursorTimeout",
+            "tailable",
+            "awaitData",
+            "allowPartialResults",
+            "returnKey",
+            "showRecordId",
+            "min",
+            "max",
+            "collation",
+        },
+    )
     if cmd.get("tailable") or cmd.get("collation") or cmd.get("min") or cmd.get("max"):
         raise unsupported("find with tailable/collation/min/max")
     db, name = _ns(ctx, cmd)
@@ -148,10 +180,15 @@ async def find(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
             raise unsupported(str(exc).split(".")[0]) from exc
     limit = int(cmd.get("limit") or 0)
     if limit:
-        docs = docs[:abs(limit)]
+        docs = docs[: abs(limit)]
     bs = cmd.get("batchSize")
-    return first_batch(ctx.server.cursors, f"{db}.{name}", docs, None if bs is None else int(bs),
-                       single=bool(cmd.get("singleBatch")) or limit < 0)
+    return first_batch(
+        ctx.server.cursors,
+        f"{db}.{name}",
+        docs,
+        None if bs is None else int(bs),
+        single=bool(cmd.get("singleBatch")) or limit < 0,
+    )
 
 
 @command("getMore")
@@ -160,12 +197,15 @@ async def get_more(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     ns = f"{ctx.db}.{cmd.get('collection')}"
     cur = ctx.server.cursors.get(int(cmd["getMore"]), ns)
     if (data := ctx.server.failpoints.fail_get_more()) is not None:
-        raise CommandError(int(data.get("errorCode", 237)), "Failing command via "
-                           "'failGetMoreAfterCursorCheckout' failpoint", data.get("errorLabels"))
+        raise CommandError(
+            int(data.get("errorCode", 237)),
+            "Failing command via 'failGetMoreAfterCursorCheckout' failpoint",
+            data.get("errorLabels"),
+        )
     size = int(cmd.get("batchSize") or 0) or None
     if cur.stream is None:
         end = len(cur.docs) if size is None else cur.pos + size
-        batch = cur.docs[cur.pos:end]
+        batch = cur.docs[cur.pos : end]
         cur.pos += len(batch)
         cid = cur.id if cur.pos < len(cur.docs) else 0
         if not cid:
@@ -182,27 +222,57 @@ async def get_more(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
             break
         await ctx.store.wait_for_data(left)
         if not ctx.server.is_primary:
-            raise CommandError(11602, "operation was interrupted because a node stepped down",
-                               ["ResumableChangeStreamError"])
+            raise CommandError(
+                11602,
+                "operation was interrupted because a node stepped down",
+                ["ResumableChangeStreamError"],
+            )
     cid = 0 if stream.closed else cur.id
     if not cid:
         ctx.server.cursors.kill([cur.id])
-    return {"cursor": {"nextBatch": batch, "postBatchResumeToken": stream.resume_token,
-                       "id": cid, "ns": cur.ns}, "ok": 1.0}
+    return {
+        "cursor": {
+            "nextBatch": batch,
+            "postBatchResumeToken": stream.resume_token,
+            "id": cid,
+            "ns": cur.ns,
+        },
+        "ok": 1.0,
+    }
 
 
 @command("killCursors")
 async def kill_cursors(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     check_fields(cmd, {"cursors"})
     killed, missing = ctx.server.cursors.kill([int(c) for c in cmd.get("cursors", [])])
-    return {"cursorsKilled": killed, "cursorsNotFound": missing, "cursorsAlive": [],
-            "cursorsUnknown": [], "ok": 1.0}
+    return {
+        "cursorsKilled": killed,
+        "cursorsNotFound": missing,
+        "cursorsAlive": [],
+        "cursorsUnknown": [],
+        "ok": 1.0,
+    }
 
 
 @command("findAndModify", "findandmodify", write=True)
 async def find_and_modify(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
-    check_fields(cmd, {"query", "sort", "remove", "update", "new", "fields", "upsert",
-                       "bypassDocumentValidation", "arrayFilters", "hint", "let", "collation"})
+    check_fields(
+        cmd,
+        {
+            "query",
+            "sort",
+            "remove",
+            "update",
+            "new",
+            "fields",
+            "upsert",
+            "bypassDocumentValidation",
+            "arrayFilters",
+            "hint",
+            "let",
+            "collation",
+        },
+    )
     db, name = _ns(ctx, cmd)
     coll = ctx.ws.coll(db, name)
     query = cmd.get("query") or {}
@@ -216,12 +286,18 @@ async def find_and_modify(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
         if cmd.get("remove"):
             if cmd.get("update") is not None or cmd.get("new") or cmd.get("upsert"):
                 raise CommandError(9, "Cannot specify 'remove' with 'update', 'new' or 'upsert'")
-            changes = docops.delete(coll, db, name, {"q": {"_id": target["_id"]}, "limit": 1}) \
-                if target else []
+            changes = (
+                docops.delete(coll, db, name, {"q": {"_id": target["_id"]}, "limit": 1})
+                if target
+                else []
+            )
             value = target
         else:
-            spec: dict[str, Any] = {"q": {"_id": target["_id"]} if target else query,
-                                    "u": cmd.get("update"), "upsert": bool(cmd.get("upsert"))}
+            spec: dict[str, Any] = {
+                "q": {"_id": target["_id"]} if target else query,
+                "u": cmd.get("update"),
+                "upsert": bool(cmd.get("upsert")),
+            }
             if cmd.get("arrayFilters"):
                 spec["arrayFilters"] = cmd["arrayFilters"]
             _m, _mod, new_id, changes = docops.update(coll, db, name, spec)
@@ -235,16 +311,29 @@ async def find_and_modify(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     last["n"] = 1 if (target is not None or last.get("upserted") is not None) else 0
     ctx.ws.commit(changes)
     if value is not None and fields:
-        value = next(iter(coll.find({"_id": value["_id"]}, fields)), value) \
-            if not cmd.get("remove") else {k: v for k, v in value.items()
-                                          if k == "_id" or fields.get(k)}
+        value = (
+            next(iter(coll.find({"_id": value["_id"]}, fields)), value)
+            if not cmd.get("remove")
+            else {k: v for k, v in value.items() if k == "_id" or fields.get(k)}
+        )
     return {"lastErrorObject": last, "value": value, "ok": 1.0}
 
 
 @command("aggregate")
 async def aggregate(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
-    check_fields(cmd, {"pipeline", "cursor", "explain", "allowDiskUse", "collation", "hint", "let",
-                       "bypassDocumentValidation"})
+    check_fields(
+        cmd,
+        {
+            "pipeline",
+            "cursor",
+            "explain",
+            "allowDiskUse",
+            "collation",
+            "hint",
+            "let",
+            "bypassDocumentValidation",
+        },
+    )
     if cmd.get("explain") or cmd.get("collation"):
         raise unsupported("aggregate with explain or collation")
     pipeline = list(cmd.get("pipeline") or [])
@@ -252,13 +341,21 @@ async def aggregate(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     batch = (cmd.get("cursor") or {}).get("batchSize")
     if pipeline and "$changeStream" in pipeline[0]:
         coll = target if isinstance(target, str) else None
-        stream = ChangeStream(ctx.store, ctx.db, coll, dict(pipeline[0]["$changeStream"] or {}),
-                              pipeline[1:])
+        stream = ChangeStream(
+            ctx.store, ctx.db, coll, dict(pipeline[0]["$changeStream"] or {}), pipeline[1:]
+        )
         ns = f"{ctx.db}.{coll}" if coll else f"{ctx.db}.$cmd.aggregate"
         docs = stream.read(101 if batch is None else int(batch))
         cur = ctx.server.cursors.add(ns, stream=stream, lsid=cmd.get("lsid"))
-        return {"cursor": {"firstBatch": docs, "postBatchResumeToken": stream.resume_token,
-                           "id": 0 if stream.closed else cur.id, "ns": ns}, "ok": 1.0}
+        return {
+            "cursor": {
+                "firstBatch": docs,
+                "postBatchResumeToken": stream.resume_token,
+                "id": 0 if stream.closed else cur.id,
+                "ns": ns,
+            },
+            "ok": 1.0,
+        }
     if not isinstance(target, str):
         raise unsupported("database-level aggregate without $changeStream")
     for stage in pipeline:
@@ -266,15 +363,18 @@ async def aggregate(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
         if name in ("$out", "$merge"):
             raise unsupported(f"the {name} stage")
         if name == "$changeStream":
-            raise CommandError(40602, "$changeStream is only valid as the first stage in a pipeline")
+            raise CommandError(
+                40602, "$changeStream is only valid as the first stage in a pipeline"
+            )
     try:
         docs = list(ctx.ws.coll(ctx.db, target).aggregate(pipeline))
     except NotImplementedError as exc:
         raise unsupported(str(exc).split(".")[0]) from exc
     except Exception as exc:  # mongomock's OperationFailure for bad stages
         raise CommandError(int(getattr(exc, "code", None) or 2), str(exc)) from exc
-    return first_batch(ctx.server.cursors, f"{ctx.db}.{target}", docs,
-                       None if batch is None else int(batch))
+    return first_batch(
+        ctx.server.cursors, f"{ctx.db}.{target}", docs, None if batch is None else int(batch)
+    )
 
 
 @command("count")

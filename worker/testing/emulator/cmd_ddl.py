@@ -10,8 +10,16 @@ from worker.testing.emulator.errors import CommandError, unsupported
 from worker.testing.emulator.store import OplogEntry, _now
 
 ID_INDEX = {"v": 2, "key": {"_id": 1}, "name": "_id_"}
-INDEX_OPTIONS = {"key", "name", "unique", "expireAfterSeconds", "sparse", "partialFilterExpression",
-                 "background", "v"}
+INDEX_OPTIONS = {
+    "key",
+    "name",
+    "unique",
+    "expireAfterSeconds",
+    "sparse",
+    "partialFilterExpression",
+    "background",
+    "v",
+}
 
 
 def _indexes(ctx: Ctx, db: str, name: str) -> list[dict[str, Any]]:
@@ -21,10 +29,26 @@ def _indexes(ctx: Ctx, db: str, name: str) -> list[dict[str, Any]]:
 
 @command("create", write=True)
 async def create(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
-    check_fields(cmd, {"changeStreamPreAndPostImages", "capped", "size", "max", "validator",
-                       "validationLevel", "validationAction", "timeseries", "clusteredIndex",
-                       "viewOn", "pipeline", "collation", "expireAfterSeconds", "storageEngine",
-                       "indexOptionDefaults"})
+    check_fields(
+        cmd,
+        {
+            "changeStreamPreAndPostImages",
+            "capped",
+            "size",
+            "max",
+            "validator",
+            "validationLevel",
+            "validationAction",
+            "timeseries",
+            "clusteredIndex",
+            "viewOn",
+            "pipeline",
+            "collation",
+            "expireAfterSeconds",
+            "storageEngine",
+            "indexOptionDefaults",
+        },
+    )
     for opt in ("capped", "validator", "timeseries", "clusteredIndex", "viewOn", "collation"):
         if cmd.get(opt):
             raise unsupported(f"create with '{opt}'")
@@ -40,8 +64,17 @@ async def create(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
 
 @command("collMod", write=True)
 async def coll_mod(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
-    check_fields(cmd, {"changeStreamPreAndPostImages", "index", "validator", "validationLevel",
-                       "validationAction", "expireAfterSeconds"})
+    check_fields(
+        cmd,
+        {
+            "changeStreamPreAndPostImages",
+            "index",
+            "validator",
+            "validationLevel",
+            "validationAction",
+            "expireAfterSeconds",
+        },
+    )
     name = cmd["collMod"]
     if not ctx.store.exists(ctx.db, name):
         raise CommandError(26, f"ns does not exist: {ctx.db}.{name}")
@@ -60,8 +93,9 @@ async def coll_mod(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     for opt in ("validator", "validationLevel", "validationAction"):
         if opt in cmd:
             raise unsupported(f"collMod with '{opt}'")
-    ctx.store.append(OplogEntry(ctx.store.clock.tick(), 0, "modify", ctx.db, name, _now(),
-                                uuid=meta["uuid"]))
+    ctx.store.append(
+        OplogEntry(ctx.store.clock.tick(), 0, "modify", ctx.db, name, _now(), uuid=meta["uuid"])
+    )
     return {"ok": 1.0}
 
 
@@ -106,13 +140,20 @@ async def list_collections(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
         meta = ctx.store.meta[(ctx.db, name)]
         doc: dict[str, Any] = {"name": name, "type": "collection"}
         if not cmd.get("nameOnly"):
-            doc.update(options=dict(meta["options"]),
-                       info={"readOnly": False, "uuid": meta["uuid"]}, idIndex=dict(ID_INDEX))
+            doc.update(
+                options=dict(meta["options"]),
+                info={"readOnly": False, "uuid": meta["uuid"]},
+                idIndex=dict(ID_INDEX),
+            )
         if filter_applies(cmd.get("filter") or {}, doc):
             out.append(doc)
     batch = (cmd.get("cursor") or {}).get("batchSize")
-    return first_batch(ctx.server.cursors, f"{ctx.db}.$cmd.listCollections", out,
-                       None if batch is None else int(batch))
+    return first_batch(
+        ctx.server.cursors,
+        f"{ctx.db}.$cmd.listCollections",
+        out,
+        None if batch is None else int(batch),
+    )
 
 
 @command("listDatabases")
@@ -125,8 +166,10 @@ async def list_databases(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     for name in names:
         doc: dict[str, Any] = {"name": name}
         if not cmd.get("nameOnly"):
-            doc.update(sizeOnDisk=8192 * (1 + len(ctx.store.collections(name))),
-                       empty=not ctx.store.collections(name))
+            doc.update(
+                sizeOnDisk=8192 * (1 + len(ctx.store.collections(name))),
+                empty=not ctx.store.collections(name),
+            )
         if filter_applies(cmd.get("filter") or {}, doc):
             dbs.append(doc)
     reply: dict[str, Any] = {"databases": dbs, "ok": 1.0}
@@ -152,26 +195,49 @@ async def create_indexes(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
         same = next((i for i in existing if i["name"] == spec.get("name")), None)
         if same is not None:
             if same["key"] != key_doc or bool(same.get("unique")) != bool(spec.get("unique")):
-                raise CommandError(86, f"An existing index has the same name as the requested "
-                                       f"index. Requested index: {spec}, existing index: {same}")
+                raise CommandError(
+                    86,
+                    f"An existing index has the same name as the requested "
+                    f"index. Requested index: {spec}, existing index: {same}",
+                )
             continue
         if any(i["key"] == key_doc for i in existing):
             continue
         try:
-            coll.create_index(list(key_doc.items()), name=spec["name"],
-                              unique=bool(spec.get("unique")), sparse=bool(spec.get("sparse")))
+            coll.create_index(
+                list(key_doc.items()),
+                name=spec["name"],
+                unique=bool(spec.get("unique")),
+                sparse=bool(spec.get("sparse")),
+            )
         except Exception as exc:  # mongomock raises DuplicateKeyError for existing duplicates
-            raise CommandError(11000, f"Index build failed: E11000 duplicate key error "
-                                      f"collection: {ctx.db}.{name} index: {spec['name']}") from exc
+            raise CommandError(
+                11000,
+                f"Index build failed: E11000 duplicate key error "
+                f"collection: {ctx.db}.{name} index: {spec['name']}",
+            ) from exc
         idx = {"v": 2, "key": key_doc, "name": spec["name"]}
         for opt in ("unique", "expireAfterSeconds", "sparse", "partialFilterExpression"):
             if opt in spec:
                 idx[opt] = spec[opt]
         existing.append(idx)
-        ctx.store.append(OplogEntry(ctx.store.clock.tick(), 0, "createIndexes", ctx.db, name,
-                                    _now(), extra={"operationDescription": {"indexes": [idx]}}))
-    reply: dict[str, Any] = {"numIndexesBefore": before, "numIndexesAfter": len(existing),
-                             "createdCollectionAutomatically": created, "ok": 1.0}
+        ctx.store.append(
+            OplogEntry(
+                ctx.store.clock.tick(),
+                0,
+                "createIndexes",
+                ctx.db,
+                name,
+                _now(),
+                extra={"operationDescription": {"indexes": [idx]}},
+            )
+        )
+    reply: dict[str, Any] = {
+        "numIndexesBefore": before,
+        "numIndexesAfter": len(existing),
+        "createdCollectionAutomatically": created,
+        "ok": 1.0,
+    }
     if len(existing) == before:
         reply["note"] = "all indexes already exist"
     return reply
@@ -184,9 +250,12 @@ async def list_indexes(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     if not ctx.store.exists(ctx.db, name):
         raise CommandError(26, f"ns does not exist: {ctx.db}.{name}")
     batch = (cmd.get("cursor") or {}).get("batchSize")
-    return first_batch(ctx.server.cursors, f"{ctx.db}.{name}",
-                       [dict(i) for i in _indexes(ctx, ctx.db, name)],
-                       None if batch is None else int(batch))
+    return first_batch(
+        ctx.server.cursors,
+        f"{ctx.db}.{name}",
+        [dict(i) for i in _indexes(ctx, ctx.db, name)],
+        None if batch is None else int(batch),
+    )
 
 
 @command("dropIndexes", "deleteIndexes", write=True)
@@ -209,6 +278,15 @@ async def drop_indexes(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     for idx in victims:
         existing.remove(idx)
         coll.drop_index(idx["name"])
-        ctx.store.append(OplogEntry(ctx.store.clock.tick(), 0, "dropIndexes", ctx.db, name, _now(),
-                                    extra={"operationDescription": {"indexes": [idx]}}))
+        ctx.store.append(
+            OplogEntry(
+                ctx.store.clock.tick(),
+                0,
+                "dropIndexes",
+                ctx.db,
+                name,
+                _now(),
+                extra={"operationDescription": {"indexes": [idx]}},
+            )
+        )
     return {"nIndexesWas": len(existing) + len(victims), "ok": 1.0}

@@ -28,5 +28,5 @@ def install() -> None:
         return original(val)
 
     filtering._get_compare_type = compare_type
-    filtering._emulator_patched = True
+    filtering._emulator_patched = True  # type: ignore[attr-defined]
     hashing.install()

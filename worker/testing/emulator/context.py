@@ -12,9 +12,24 @@ if TYPE_CHECKING:
     from worker.testing.emulator.server import Connection, ReplicaSetEmulator
     from worker.testing.emulator.sessions import Workspace
 
-GENERIC = {"$db", "lsid", "txnNumber", "autocommit", "startTransaction", "$clusterTime",
-           "$readPreference", "readConcern", "writeConcern", "comment", "maxTimeMS", "apiVersion",
-           "apiStrict", "apiDeprecationErrors", "$audit", "mayBypassWriteBlocking"}
+GENERIC = {
+    "$db",
+    "lsid",
+    "txnNumber",
+    "autocommit",
+    "startTransaction",
+    "$clusterTime",
+    "$readPreference",
+    "readConcern",
+    "writeConcern",
+    "comment",
+    "maxTimeMS",
+    "apiVersion",
+    "apiStrict",
+    "apiDeprecationErrors",
+    "$audit",
+    "mayBypassWriteBlocking",
+}
 
 
 @dataclass(slots=True)

@@ -29,8 +29,13 @@ class Cursors:
         self.open: dict[int, Cursor] = {}
         self._ids = itertools.count(1_000_001)
 
-    def add(self, ns: str, docs: list[dict[str, Any]] | None = None,
-            stream: ChangeStream | None = None, lsid: Any = None) -> Cursor:
+    def add(
+        self,
+        ns: str,
+        docs: list[dict[str, Any]] | None = None,
+        stream: ChangeStream | None = None,
+        lsid: Any = None,
+    ) -> Cursor:
         cur = Cursor(next(self._ids), ns, docs or [], stream=stream, lsid=lsid)
         self.open[cur.id] = cur
         return cur
@@ -40,19 +45,28 @@ class Cursors:
         if cur is None:
             raise CommandError(43, f"cursor id {cursor_id} not found")
         if cur.ns != ns and not (cur.stream is not None and ns.endswith(".$cmd.aggregate")):
-            raise CommandError(13, f"Requested getMore on namespace '{ns}', but cursor belongs to "
-                                   f"a different namespace {cur.ns}")
+            raise CommandError(
+                13,
+                f"Requested getMore on namespace '{ns}', but cursor belongs to "
+                f"a different namespace {cur.ns}",
+            )
         return cur
 
     def kill(self, ids: list[int]) -> tuple[list[int], list[int]]:
-        killed, missing = [], []
+        killed: list[int] = []
+        missing: list[int] = []
         for cid in ids:
             (killed if self.open.pop(cid, None) is not None else missing).append(cid)
         return killed, missing
 
 
-def first_batch(cursors: Cursors, ns: str, docs: list[dict[str, Any]], batch_size: int | None,
-                single: bool = False) -> dict[str, Any]:
+def first_batch(
+    cursors: Cursors,
+    ns: str,
+    docs: list[dict[str, Any]],
+    batch_size: int | None,
+    single: bool = False,
+) -> dict[str, Any]:
     """Reply with the first batch; keep a cursor open only when more remain."""
     n = len(docs) if batch_size is None else batch_size
     batch = docs[:n]

@@ -7,7 +7,7 @@ from typing import Any
 import mongomock
 from bson import ObjectId
 
-from worker.testing.emulator.errors import CommandError, unsupported
+from worker.testing.emulator.errors import unsupported
 from worker.testing.emulator.store import Change, update_description
 
 
@@ -31,9 +31,12 @@ def _dup_key(coll: Any, doc: dict[str, Any] | None) -> WriteFailure:
         others = coll.find({**value, "_id": {"$ne": doc.get("_id")}} if name != "_id_" else value)
         if next(iter(others), None) is not None:
             shown = ", ".join(f"{k}: {v!r}" for k, v in value.items())
-            return WriteFailure(11000, f"E11000 duplicate key error collection: {coll.full_name} "
-                                       f"index: {name} dup key: {{ {shown} }}",
-                                {"keyPattern": {k: d for k, d in info["key"]}, "keyValue": value})
+            return WriteFailure(
+                11000,
+                f"E11000 duplicate key error collection: {coll.full_name} "
+                f"index: {name} dup key: {{ {shown} }}",
+                {"keyPattern": {k: d for k, d in info["key"]}, "keyValue": value},
+            )
     return WriteFailure(11000, f"E11000 duplicate key error collection: {coll.full_name}")
 
 
@@ -64,15 +67,21 @@ def _is_replacement(update: Any) -> bool:
         raise WriteFailure(14, "Update argument must be either an object or an array")
     dollar = [k.startswith("$") for k in update]
     if any(dollar) and not all(dollar):
-        raise WriteFailure(9, "Update document requires atomic operators" if dollar[0]
-                           else "The dollar ($) prefixed field is not allowed in a replacement")
+        raise WriteFailure(
+            9,
+            "Update document requires atomic operators"
+            if dollar[0]
+            else "The dollar ($) prefixed field is not allowed in a replacement",
+        )
     return not any(dollar)
 
 
-def update(coll: Any, db: str, name: str, spec: dict[str, Any]) -> tuple[int, int, Any, list[Change]]:
+def update(
+    coll: Any, db: str, name: str, spec: dict[str, Any]
+) -> tuple[int, int, Any, list[Change]]:
     """Apply one update statement: returns (matched, modified, upserted _id, changes)."""
     query = spec.get("q") or {}
-    u = spec.get("u")
+    u: Any = spec.get("u")
     multi = bool(spec.get("multi"))
     upsert = bool(spec.get("upsert"))
     replacement = _is_replacement(u)
@@ -108,9 +117,12 @@ def update(coll: Any, db: str, name: str, spec: dict[str, Any]) -> tuple[int, in
             if replacement:
                 new_doc = dict(u)
                 if "_id" in new_doc and new_doc["_id"] != _id:
-                    raise WriteFailure(66, "After applying the update, the (immutable) field "
-                                           "'_id' was found to have been altered to _id: "
-                                           f"{new_doc['_id']!r}")
+                    raise WriteFailure(
+                        66,
+                        "After applying the update, the (immutable) field "
+                        "'_id' was found to have been altered to _id: "
+                        f"{new_doc['_id']!r}",
+                    )
                 coll.replace_one({"_id": _id}, {"_id": _id, **new_doc})
             else:
                 coll.update_one({"$and": [{"_id": _id}, query]}, u, **kwargs)
@@ -125,8 +137,9 @@ def update(coll: Any, db: str, name: str, spec: dict[str, Any]) -> tuple[int, in
         if replacement:
             changes.append(Change("replace", db, name, {"_id": _id}, post, pre))
         else:
-            changes.append(Change("update", db, name, {"_id": _id}, post, pre,
-                                  update_description(pre, post)))
+            changes.append(
+                Change("update", db, name, {"_id": _id}, post, pre, update_description(pre, post))
+            )
     return len(targets), modified, None, changes
 
 

@@ -57,8 +57,25 @@ CODE_NAMES: dict[int, str] = {
 }
 
 # Errors after which a change stream may resume (the server labels them ResumableChangeStreamError).
-RESUMABLE_CHANGE_STREAM = {6, 7, 63, 89, 91, 133, 150, 189, 234, 262, 9001, 10107, 11600, 11602,
-                           13388, 13435, 13436}
+RESUMABLE_CHANGE_STREAM = {
+    6,
+    7,
+    63,
+    89,
+    91,
+    133,
+    150,
+    189,
+    234,
+    262,
+    9001,
+    10107,
+    11600,
+    11602,
+    13388,
+    13435,
+    13436,
+}
 # Errors after which a retryable write may be retried (labelled RetryableWriteError).
 RETRYABLE_WRITE = {6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436}
 
@@ -66,8 +83,13 @@ RETRYABLE_WRITE = {6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 134
 class CommandError(Exception):
     """A command failed: becomes ``{ok: 0, errmsg, code, codeName, errorLabels?}``."""
 
-    def __init__(self, code: int, errmsg: str, labels: list[str] | None = None,
-                 extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        code: int,
+        errmsg: str,
+        labels: list[str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(errmsg)
         self.code = code
         self.errmsg = errmsg

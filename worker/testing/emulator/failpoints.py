@@ -8,9 +8,18 @@ from typing import Any
 from worker.testing.emulator.errors import CommandError
 
 KNOWN = {"failCommand", "failGetMoreAfterCursorCheckout"}
-DATA_FIELDS = {"failCommands", "errorCode", "errorLabels", "closeConnection", "blockConnection",
-               "blockTimeMS", "writeConcernError", "appName", "failInternalCommands",
-               "errorExtraInfo"}
+DATA_FIELDS = {
+    "failCommands",
+    "errorCode",
+    "errorLabels",
+    "closeConnection",
+    "blockConnection",
+    "blockTimeMS",
+    "writeConcernError",
+    "appName",
+    "failInternalCommands",
+    "errorExtraInfo",
+}
 
 
 @dataclass
@@ -48,15 +57,19 @@ class FailPoints:
     def configure(self, cmd: dict[str, Any]) -> dict[str, Any]:
         name = cmd.get("configureFailPoint")
         if name not in KNOWN:
-            raise CommandError(2, f"Cannot find failpoint named {name!r}"
-                               " (the emulator implements failCommand and "
-                               "failGetMoreAfterCursorCheckout)")
+            raise CommandError(
+                2,
+                f"Cannot find failpoint named {name!r}"
+                " (the emulator implements failCommand and "
+                "failGetMoreAfterCursorCheckout)",
+            )
         mode = cmd.get("mode", "off")
         data = dict(cmd.get("data") or {})
         for key in data:
             if key not in DATA_FIELDS:
-                raise CommandError(2, f"failpoint data field '{key}' is not supported by the "
-                                      "emulator")
+                raise CommandError(
+                    2, f"failpoint data field '{key}' is not supported by the emulator"
+                )
         fp = FailPoint(str(name), mode, data)
         if isinstance(mode, dict):
             if "times" in mode:

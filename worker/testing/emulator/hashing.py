@@ -17,9 +17,21 @@ import bson
 from bson import Binary, Int64, ObjectId, Timestamp
 from mongomock import aggregate as mm_aggregate
 
-_CANONICAL = {type(None): 5, int: 10, float: 10, Int64: 10, str: 15, dict: 20, list: 25,
-              bytes: 30, Binary: 30, ObjectId: 35, bool: 40, datetime.datetime: 45,
-              Timestamp: 47}
+_CANONICAL = {
+    type(None): 5,
+    int: 10,
+    float: 10,
+    Int64: 10,
+    str: 15,
+    dict: 20,
+    list: 25,
+    bytes: 30,
+    Binary: 30,
+    ObjectId: 35,
+    bool: 40,
+    datetime.datetime: 45,
+    Timestamp: 47,
+}
 
 
 def _canonical(value: Any) -> int:
@@ -53,7 +65,9 @@ def _hash_into(md5: Any, value: Any, name: str | None) -> None:
     elif isinstance(value, int | float):
         md5.update(struct.pack("<q", _number_as_long(value)))
     elif isinstance(value, dict | list):
-        items = value.items() if isinstance(value, dict) else ((str(i), v) for i, v in enumerate(value))
+        items = (
+            value.items() if isinstance(value, dict) else ((str(i), v) for i, v in enumerate(value))
+        )
         for key, sub in items:
             _hash_into(md5, sub, key)
         _hash_into(md5, None, "\x00eoo")
@@ -97,5 +111,5 @@ def install() -> None:
                 return _mod(*(original(self, arg) for arg in expression["$mod"]))
         return original(self, expression)
 
-    parser.parse = parse
-    parser._hashed_key_installed = True
+    parser.parse = parse  # type: ignore[method-assign]  # the patch is the point
+    parser._hashed_key_installed = True  # type: ignore[attr-defined]

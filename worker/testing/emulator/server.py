@@ -12,8 +12,7 @@ from typing import Any
 import structlog
 from bson import Binary, Int64, ObjectId
 
-from worker.testing.emulator import cmd_admin, cmd_crud, cmd_ddl  # noqa: F401  (registers commands)
-from worker.testing.emulator import wire
+from worker.testing.emulator import cmd_admin, cmd_crud, cmd_ddl, wire  # noqa: F401  (registers commands)
 from worker.testing.emulator.context import COMMANDS, WRITES, Ctx
 from worker.testing.emulator.cursors import Cursors
 from worker.testing.emulator.errors import RESUMABLE_CHANGE_STREAM, RETRYABLE_WRITE, CommandError
@@ -23,14 +22,30 @@ from worker.testing.emulator.store import Store
 
 log = structlog.get_logger("emulator")
 # Commands a stepped-down node still answers.
-ANY_STATE = {"hello", "isMaster", "ismaster", "ping", "buildInfo", "buildinfo", "getParameter",
-             "serverStatus", "endSessions", "replSetGetStatus", "configureFailPoint",
-             "killCursors", "whatsmyuri", "connectionStatus", "getCmdLineOpts", "abortTransaction",
-             "killAllSessions", "emulatorTruncateOplog"}
+ANY_STATE = {
+    "hello",
+    "isMaster",
+    "ismaster",
+    "ping",
+    "buildInfo",
+    "buildinfo",
+    "getParameter",
+    "serverStatus",
+    "endSessions",
+    "replSetGetStatus",
+    "configureFailPoint",
+    "killCursors",
+    "whatsmyuri",
+    "connectionStatus",
+    "getCmdLineOpts",
+    "abortTransaction",
+    "killAllSessions",
+    "emulatorTruncateOplog",
+}
 RETRYABLE_COMMANDS = {"insert", "update", "delete", "findAndModify", "findandmodify"}
 
 
-class CloseConnection(Exception):  # noqa: N818 - control flow, not an error
+class CloseConnection(Exception):
     """The fail point asked for the connection to be closed without a reply."""
 
 
@@ -76,8 +91,9 @@ class ReplicaSetEmulator:
         self.cursors = Cursors()
         self.failpoints = FailPoints()
         self._topology_changed = asyncio.Event()
-        self._server = await asyncio.start_server(self._serve, self.host, self.port,
-                                                  limit=wire.MAX_MESSAGE_SIZE)
+        self._server = await asyncio.start_server(
+            self._serve, self.host, self.port, limit=wire.MAX_MESSAGE_SIZE
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -171,22 +187,39 @@ class ReplicaSetEmulator:
         last = self.store.clock.last
         now = datetime.now(UTC)
         reply: dict[str, Any] = {
-            "topologyVersion": {"processId": self.process_id, "counter": Int64(self.topology_counter)},
-            "hosts": [self.address], "setName": self.set_name, "setVersion": 1,
-            ("ismaster" if legacy else "isWritablePrimary"): primary, "secondary": not primary,
+            "topologyVersion": {
+                "processId": self.process_id,
+                "counter": Int64(self.topology_counter),
+            },
+            "hosts": [self.address],
+            "setName": self.set_name,
+            "setVersion": 1,
+            ("ismaster" if legacy else "isWritablePrimary"): primary,
+            "secondary": not primary,
         }
         if primary:
             reply["primary"] = self.address
-        reply.update({
-            "me": self.address, "electionId": self.election_id,
-            "lastWrite": {"opTime": {"ts": last, "t": Int64(self.term)}, "lastWriteDate": now,
-                          "majorityOpTime": {"ts": last, "t": Int64(self.term)},
-                          "majorityWriteDate": now},
-            "maxBsonObjectSize": 16 * 1024 * 1024, "maxMessageSizeBytes": wire.MAX_MESSAGE_SIZE,
-            "maxWriteBatchSize": 100000, "localTime": now, "logicalSessionTimeoutMinutes": 30,
-            "connectionId": conn.id, "minWireVersion": 0,
-            "maxWireVersion": cmd_admin.MAX_WIRE_VERSION, "readOnly": False,
-        })
+        reply.update(
+            {
+                "me": self.address,
+                "electionId": self.election_id,
+                "lastWrite": {
+                    "opTime": {"ts": last, "t": Int64(self.term)},
+                    "lastWriteDate": now,
+                    "majorityOpTime": {"ts": last, "t": Int64(self.term)},
+                    "majorityWriteDate": now,
+                },
+                "maxBsonObjectSize": 16 * 1024 * 1024,
+                "maxMessageSizeBytes": wire.MAX_MESSAGE_SIZE,
+                "maxWriteBatchSize": 100000,
+                "localTime": now,
+                "logicalSessionTimeoutMinutes": 30,
+                "connectionId": conn.id,
+                "minWireVersion": 0,
+                "maxWireVersion": cmd_admin.MAX_WIRE_VERSION,
+                "readOnly": False,
+            }
+        )
         if hello_ok:
             reply["helloOk"] = True
         reply["ok"] = 1.0
@@ -229,8 +262,11 @@ class ReplicaSetEmulator:
         if request.op_code == wire.OP_QUERY:
             db = request.collection.split(".", 1)[0]
             if name not in ("hello", "isMaster", "ismaster"):
-                return CommandError(352, f"Unsupported OP_QUERY command: {name}. The client "
-                                         "driver may require an upgrade.").reply()
+                return CommandError(
+                    352,
+                    f"Unsupported OP_QUERY command: {name}. The client "
+                    "driver may require an upgrade.",
+                ).reply()
         else:
             db = str(cmd.get("$db", "admin"))
         try:
@@ -244,10 +280,13 @@ class ReplicaSetEmulator:
             reply = CommandError(115, f"the emulator does not support this: {exc}").reply()
         except Exception as exc:  # a bug of the emulator answers one command, not the socket
             log.exception("emulator_internal_error", command=name)
-            reply = CommandError(1, f"emulator internal error in '{name}': "
-                                    f"{type(exc).__name__}: {exc}").reply()
-        reply["$clusterTime"] = {"clusterTime": self.store.clock.last,
-                                 "signature": {"hash": Binary(b"\x00" * 20), "keyId": Int64(0)}}
+            reply = CommandError(
+                1, f"emulator internal error in '{name}': {type(exc).__name__}: {exc}"
+            ).reply()
+        reply["$clusterTime"] = {
+            "clusterTime": self.store.clock.last,
+            "signature": {"hash": Binary(b"\x00" * 20), "keyId": Int64(0)},
+        }
         reply["operationTime"] = self.store.clock.last
         return reply
 
@@ -257,16 +296,22 @@ class ReplicaSetEmulator:
             return
         in_txn = cmd.get("autocommit") is not None
         if exc.code in RETRYABLE_WRITE and (
-                (name in RETRYABLE_COMMANDS and "txnNumber" in cmd and not in_txn)
-                or name in ("commitTransaction", "abortTransaction")):
+            (name in RETRYABLE_COMMANDS and "txnNumber" in cmd and not in_txn)
+            or name in ("commitTransaction", "abortTransaction")
+        ):
             exc.labels.append("RetryableWriteError")
         if exc.code in RESUMABLE_CHANGE_STREAM and name == "getMore":
             exc.labels.append("ResumableChangeStreamError")
-        if in_txn and name not in ("commitTransaction", "abortTransaction") and \
-                exc.code in RETRYABLE_WRITE:
+        if (
+            in_txn
+            and name not in ("commitTransaction", "abortTransaction")
+            and exc.code in RETRYABLE_WRITE
+        ):
             exc.labels.append("TransientTransactionError")
 
-    async def _run(self, conn: Connection, name: str, db: str, cmd: dict[str, Any]) -> dict[str, Any]:
+    async def _run(
+        self, conn: Connection, name: str, db: str, cmd: dict[str, Any]
+    ) -> dict[str, Any]:
         handler = COMMANDS.get(name)
         if handler is None:
             raise CommandError(59, f"no such command: '{name}'")
@@ -277,9 +322,12 @@ class ReplicaSetEmulator:
             if fail.get("closeConnection"):
                 raise CloseConnection
             if "errorCode" in fail:
-                raise CommandError(int(fail["errorCode"]), "Failing command via 'failCommand' "
-                                   "failpoint", fail.get("errorLabels"),
-                                   extra=fail.get("errorExtraInfo"))
+                raise CommandError(
+                    int(fail["errorCode"]),
+                    "Failing command via 'failCommand' failpoint",
+                    fail.get("errorLabels"),
+                    extra=fail.get("errorExtraInfo"),
+                )
         if name not in ANY_STATE and not self.is_primary:
             if name in WRITES or cmd.get("autocommit") is not None or name == "commitTransaction":
                 raise CommandError(10107, "not primary")
@@ -292,9 +340,12 @@ class ReplicaSetEmulator:
             if number in st.retry_cache:
                 return dict(st.retry_cache[number])  # a retried write is applied once
             if number < st.txn_number:
-                raise CommandError(225, f"Retryable write with txnNumber {number} is prohibited "
-                                        f"on session because a newer retryable write with "
-                                        f"txnNumber {st.txn_number} has already started")
+                raise CommandError(
+                    225,
+                    f"Retryable write with txnNumber {number} is prohibited "
+                    f"on session because a newer retryable write with "
+                    f"txnNumber {st.txn_number} has already started",
+                )
             st.txn_number = number
             retry_key = (st, number)
         ctx = Ctx(self, conn, db, sessions.workspace(cmd))

@@ -43,7 +43,7 @@ class Transaction(Workspace):
         self.lsid = lsid
         self.number = number
         self.snapshot = store.clock.last
-        self.private = mongomock.MongoClient()
+        self.private: Any = mongomock.MongoClient()
         self.touched: set[tuple[str, str]] = set()
         self.changes: list[Change] = []
         self.written: dict[bytes, tuple[str, str, dict[str, Any]]] = {}
@@ -68,18 +68,24 @@ class Transaction(Workspace):
             kb = key_bytes(ch.db, ch.coll, ch.key)
             seen = self.store.versions.get(kb)
             other = self.sessions.writers.get(kb)
-            if (seen is not None and seen > self.snapshot) or (other is not None and other is not self):
+            if (seen is not None and seen > self.snapshot) or (
+                other is not None and other is not self
+            ):
                 self.sessions.abort(self)
-                raise CommandError(112, "Write conflict during plan execution and yielding is "
-                                        "disabled. :: Please retry your operation or multi-document "
-                                        "transaction.", TRANSIENT)
+                raise CommandError(
+                    112,
+                    "Write conflict during plan execution and yielding is "
+                    "disabled. :: Please retry your operation or multi-document "
+                    "transaction.",
+                    TRANSIENT,
+                )
             self.sessions.writers[kb] = self
             self.written[kb] = (ch.db, ch.coll, ch.key)
         self.changes.extend(changes)
 
     def apply(self) -> Timestamp | None:
         """Make the transaction's writes visible and give them one cluster time."""
-        for kb, (db, name, key) in self.written.items():
+        for kb in self.written:
             seen = self.store.versions.get(kb)
             if seen is not None and seen > self.snapshot:
                 raise CommandError(112, "Write conflict at commit", TRANSIENT)
@@ -137,18 +143,25 @@ class Sessions:
         st = self.state(lsid)
         if cmd.get("startTransaction"):
             if number < st.txn_number:
-                raise CommandError(225, f"Cannot start transaction {number} on session because a "
-                                        f"newer transaction {st.txn_number} has already started")
+                raise CommandError(
+                    225,
+                    f"Cannot start transaction {number} on session because a "
+                    f"newer transaction {st.txn_number} has already started",
+                )
             if st.txn is not None:
                 self.abort(st.txn)
             st.txn_number = number
             st.txn = Transaction(self.store, self, lsid, number)
             return st.txn
         if st.txn is None or st.txn_number != number or st.txn.state != "in_progress":
-            raise CommandError(251, f"Transaction with {{ txnNumber: {number} }} has been aborted."
-                               if st.txn is not None and st.txn.state == "aborted"
-                               else f"Given transaction number {number} does not match any "
-                               "in-progress transactions.", TRANSIENT)
+            raise CommandError(
+                251,
+                f"Transaction with {{ txnNumber: {number} }} has been aborted."
+                if st.txn is not None and st.txn.state == "aborted"
+                else f"Given transaction number {number} does not match any "
+                "in-progress transactions.",
+                TRANSIENT,
+            )
         return st.txn
 
     def commit(self, cmd: dict[str, Any]) -> None:
@@ -158,9 +171,13 @@ class Sessions:
             return  # a retried commit of a committed transaction succeeds again
         txn = st.txn
         if txn is None or txn.number != number or txn.state != "in_progress":
-            raise CommandError(251, f"Transaction with {{ txnNumber: {number} }} has been aborted."
-                               if txn is not None and txn.state == "aborted"
-                               else "No such transaction", TRANSIENT)
+            raise CommandError(
+                251,
+                f"Transaction with {{ txnNumber: {number} }} has been aborted."
+                if txn is not None and txn.state == "aborted"
+                else "No such transaction",
+                TRANSIENT,
+            )
         try:
             txn.apply()
         except CommandError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import time
 import uuid
@@ -76,8 +77,14 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def _diff(pre: dict[str, Any], post: dict[str, Any], prefix: str, updated: dict[str, Any],
-          removed: list[str], truncated: list[dict[str, Any]]) -> None:
+def _diff(
+    pre: dict[str, Any],
+    post: dict[str, Any],
+    prefix: str,
+    updated: dict[str, Any],
+    removed: list[str],
+    truncated: list[dict[str, Any]],
+) -> None:
     for k, new in post.items():
         path = prefix + k
         if k not in pre:
@@ -123,7 +130,7 @@ class Store:
     """Documents, metadata and the oplog of the one-member replica set."""
 
     def __init__(self) -> None:
-        self.data = mongomock.MongoClient()
+        self.data: Any = mongomock.MongoClient()
         self.clock = Clock()
         self.meta: dict[tuple[str, str], dict[str, Any]] = {}
         self.oplog: list[OplogEntry] = []
@@ -151,10 +158,23 @@ class Store:
             "created": self.clock.last,
         }
         # mongomock creates lazily; make the collection visible to listCollections at once
-        self.data[db].create_collection(coll) if coll not in self.data[db].list_collection_names() else None
-        self.append(OplogEntry(self.clock.tick(), 0, "create", db, coll, _now(),
-                               uuid=self.meta[(db, coll)]["uuid"],
-                               extra={"operationDescription": {"idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}}}))
+        self.data[db].create_collection(coll) if coll not in self.data[
+            db
+        ].list_collection_names() else None
+        self.append(
+            OplogEntry(
+                self.clock.tick(),
+                0,
+                "create",
+                db,
+                coll,
+                _now(),
+                uuid=self.meta[(db, coll)]["uuid"],
+                extra={
+                    "operationDescription": {"idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}}
+                },
+            )
+        )
         return True
 
     def images_enabled(self, db: str, coll: str) -> bool:
@@ -176,13 +196,16 @@ class Store:
     async def wait_for_data(self, timeout: float) -> None:
         """Wait until something is appended, or ``timeout`` seconds pass."""
         event = self._new_data
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            pass
 
-    def record(self, changes: list[Change], lsid: dict[str, Any] | None = None,
-               txn_number: int | None = None, in_txn: bool = False) -> Timestamp | None:
+    def record(
+        self,
+        changes: list[Change],
+        lsid: dict[str, Any] | None = None,
+        txn_number: int | None = None,
+        in_txn: bool = False,
+    ) -> Timestamp | None:
         """Give changes oplog places; a transaction's share one cluster time."""
         if not changes:
             return None
@@ -192,11 +215,24 @@ class Store:
             if not in_txn and i:
                 ts = self.clock.tick()
             self.versions[key_bytes(ch.db, ch.coll, ch.key)] = ts
-            self.append(OplogEntry(
-                ts, i if in_txn else 0, ch.op, ch.db, ch.coll, wall, key=ch.key, post=ch.post,
-                pre=ch.pre, update_desc=ch.update_desc, images=self.images_enabled(ch.db, ch.coll),
-                lsid=lsid if in_txn else None, txn_number=txn_number if in_txn else None,
-                uuid=self.meta.get((ch.db, ch.coll), {}).get("uuid")))
+            self.append(
+                OplogEntry(
+                    ts,
+                    i if in_txn else 0,
+                    ch.op,
+                    ch.db,
+                    ch.coll,
+                    wall,
+                    key=ch.key,
+                    post=ch.post,
+                    pre=ch.pre,
+                    update_desc=ch.update_desc,
+                    images=self.images_enabled(ch.db, ch.coll),
+                    lsid=lsid if in_txn else None,
+                    txn_number=txn_number if in_txn else None,
+                    uuid=self.meta.get((ch.db, ch.coll), {}).get("uuid"),
+                )
+            )
         return ts
 
     def truncate_before(self, ts: Timestamp) -> int:
@@ -244,13 +280,26 @@ class Store:
             target.insert_many(docs)
         for name, info in indexes.items():
             if name != "_id_":
-                target.create_index(info["key"], name=name,
-                                    **{k: v for k, v in info.items() if k in ("unique", "expireAfterSeconds")})
+                target.create_index(
+                    info["key"],
+                    name=name,
+                    **{k: v for k, v in info.items() if k in ("unique", "expireAfterSeconds")},
+                )
         self.data[db].drop_collection(coll)
         meta = self.meta.pop((db, coll))
         self.meta[(to_db, to_coll)] = meta
-        self.append(OplogEntry(self.clock.tick(), 0, "rename", db, coll, _now(),
-                               to=(to_db, to_coll), uuid=meta["uuid"]))
+        self.append(
+            OplogEntry(
+                self.clock.tick(),
+                0,
+                "rename",
+                db,
+                coll,
+                _now(),
+                to=(to_db, to_coll),
+                uuid=meta["uuid"],
+            )
+        )
 
 
 def _now() -> datetime:

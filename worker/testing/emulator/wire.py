@@ -23,7 +23,7 @@ MAX_BSON_SIZE = 16 * 1024 * 1024
 
 HEADER = struct.Struct("<iiii")
 # Documents are decoded as plain dicts; tz-aware datetimes round-trip exactly as sent.
-CODEC = CodecOptions(tz_aware=True)
+CODEC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True)
 
 
 class ProtocolError(Exception):
@@ -61,7 +61,7 @@ def parse_header(data: bytes) -> tuple[int, int, int, int]:
 
 def _decode(doc: bytes) -> dict[str, Any]:
     try:
-        return bson.decode(doc, codec_options=CODEC)  # type: ignore[return-value]
+        return bson.decode(doc, codec_options=CODEC)
     except Exception as exc:  # bson raises several types for corrupt input
         raise ProtocolError(f"invalid BSON: {exc}") from exc
 
@@ -148,7 +148,11 @@ def encode_msg(request_id: int, response_to: int, doc: dict[str, Any], flags: in
     payload = bson.encode(doc)
     length = HEADER.size + 4 + 1 + len(payload)
     return b"".join(
-        (HEADER.pack(length, request_id, response_to, OP_MSG), struct.pack("<IB", flags, 0), payload)
+        (
+            HEADER.pack(length, request_id, response_to, OP_MSG),
+            struct.pack("<IB", flags, 0),
+            payload,
+        )
     )
 
 
