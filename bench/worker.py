@@ -24,11 +24,14 @@ from typing import Any
 import psutil
 from pymongo import AsyncMongoClient
 
-sys.path.insert(0, str(Path(__file__).parent))
-import bench_handlers
-
+# this script is bench/worker.py: keep its folder from shadowing the `worker` package
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 from worker.settings import Settings
 from worker.supervisor import Supervisor
+
+sys.path.append(str(HERE))
+import bench_handlers
 
 
 def start_emulator() -> tuple[subprocess.Popen[str], str]:
@@ -121,6 +124,9 @@ async def prepare(
 
 async def main() -> None:
     emulator, uri = start_emulator()
+    # start times below have one-second resolution: begin in a later second than the
+    # emulator's history, as a real deployment's oplog would be older than "now"
+    await asyncio.sleep(1.1)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri)
     out: dict[str, Any] = {
         "machine": f"{platform.machine()} {os.cpu_count()} cores, "

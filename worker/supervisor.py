@@ -24,6 +24,7 @@ from worker.handler import Handler, HandlerContext
 from worker.leases import Lease, Membership, fair_share, partition_stage
 from worker.logs import mask_uri
 from worker.metrics import Metrics
+from worker.observe import watch_headroom
 from worker.settings import Settings, WatcherSettings
 from worker.watcher import Watcher, WatcherStopped
 
@@ -72,6 +73,7 @@ class Supervisor:
         self.instance_id = settings.leases.instance_id or socket.gethostname()
         self.membership: Membership | None = None
         self._background: list[asyncio.Task[None]] = []
+        self.headroom_interval = 10.0  # seconds between oplog headroom refreshes
         self._signals = 0
 
     # ---- lifecycle --------------------------------------------------------------
@@ -128,11 +130,21 @@ class Supervisor:
             self.membership = Membership(state_db, self.instance_id, self.settings.leases.ttl)
             await self.membership.beat()
             self._background.append(asyncio.create_task(self._membership_loop()))
+        self._background.append(
+            asyncio.create_task(
+                watch_headroom(
+                    self.client, self._active_watchers, self.metrics, self.headroom_interval
+                )
+            )
+        )
         for ws in self.settings.watchers:
             for partition, name in enumerate(self._instance_names(ws)):
                 slot = WatcherSlot(ws, name, partition)
                 self.slots.append(slot)
                 slot.task = asyncio.create_task(self._supervise(slot), name=f"watcher:{name}")
+
+    def _active_watchers(self) -> list[Watcher]:
+        return [s.watcher for s in self.slots if s.watcher is not None and s.state == "running"]
 
     def _instance_names(self, ws: WatcherSettings) -> list[str]:
         if ws.partitions <= 1:

@@ -278,3 +278,31 @@ class TestBackpressure:
         assert 0 < peak <= 8
         # read-ahead is bounded: what is in flight plus the one event waiting to be admitted
         assert received <= 8 + 1 + await env["state"].handled.count_documents({})
+
+
+@pytest.mark.emulator_only
+class TestHeadroom:
+    async def test_headroom_shrinks_when_the_oplog_is_truncated(self, env: dict[str, Any]) -> None:
+        """oplog_headroom_seconds is the checkpoint's distance from the oplog's first entry;
+        truncating the oplog past the checkpoint drives it negative."""
+        from worker.supervisor import Supervisor
+
+        sup = Supervisor(cfg(env))
+        sup.headroom_interval = 0.1
+        await sup.start()
+        try:
+            await eventually(lambda: _has_checkpoint(env), what="first checkpoint")
+            gauge = sup.metrics.oplog_headroom_seconds.labels(watcher="items")
+            await asyncio.sleep(0.3)
+            assert gauge._value.get() >= 0
+            now = (await env["client"].admin.command("ping"))["operationTime"]
+            await env["client"].admin.command(
+                {"emulatorTruncateOplog": 1, "before": Timestamp(now.time + 5, 0)}
+            )
+
+            async def negative() -> bool:
+                return gauge._value.get() < 0
+
+            await eventually(negative, what="negative headroom")
+        finally:
+            await sup.shutdown()
