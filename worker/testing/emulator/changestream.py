@@ -117,7 +117,7 @@ class ChangeStream:
             )
         first = self.store.history_start
         if not given:
-            last = self.store.clock.last
+            last = self.store.clock.current()
             return (last.time, last.inc, 2**32 - 1, HWM)
         if given[0] == "startAtOperationTime":
             ts = spec["startAtOperationTime"]
@@ -188,7 +188,7 @@ class ChangeStream:
                     out.append(doc)
         self.index = store.truncated + local
         if not self.closed and local >= len(oplog):
-            last = store.clock.last
+            last = store.clock.current()
             hwm = (last.time, last.inc, 2**32 - 1, HWM)
             if hwm > self.pos:
                 self.pos = hwm

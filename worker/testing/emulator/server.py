@@ -284,10 +284,10 @@ class ReplicaSetEmulator:
                 1, f"emulator internal error in '{name}': {type(exc).__name__}: {exc}"
             ).reply()
         reply["$clusterTime"] = {
-            "clusterTime": self.store.clock.last,
+            "clusterTime": self.store.clock.current(),
             "signature": {"hash": Binary(b"\x00" * 20), "keyId": Int64(0)},
         }
-        reply["operationTime"] = self.store.clock.last
+        reply["operationTime"] = self.store.clock.current()
         return reply
 
     @staticmethod

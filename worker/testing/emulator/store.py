@@ -117,6 +117,12 @@ class Clock:
     def __init__(self) -> None:
         self.last = Timestamp(int(time.time()), 0)
 
+    def current(self) -> Timestamp:
+        """The cluster time now: it follows the wall clock between writes, as a real
+        replica set's periodic no-op writes make it do."""
+        now = int(time.time())
+        return self.last if now <= self.last.time else Timestamp(now, 0)
+
     def tick(self) -> Timestamp:
         now = int(time.time())
         if now > self.last.time:
