@@ -111,6 +111,9 @@ class Dispatcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._listeners: list[Callable[[int], None]] = []
+        if metrics is not None:
+            # read at scrape time: the hot path pays nothing for this gauge
+            metrics.child(metrics.events_in_flight, watcher).set_function(lambda: self._in_flight)
 
     # ---- the watcher's side ----------------------------------------------------------
     @property
@@ -137,7 +140,6 @@ class Dispatcher:
         slot = self._marks.add(_position(event))
         self._in_flight += 1
         self._idle.clear()
-        self._gauge()
         lane = event.lane_key
         queue = self._lanes.get(lane)
         if queue is not None:
@@ -213,7 +215,6 @@ class Dispatcher:
         self._room.set()
         if self._in_flight == 0:
             self._idle.set()
-        self._gauge()
 
     async def _process(self, event: ChangeEvent) -> bool:
         """Run every handler on ``event``; ``True`` when the event is complete."""
@@ -290,7 +291,7 @@ class Dispatcher:
             self._stop(exc)
             return False
         if self.metrics is not None:
-            self.metrics.dead_letters_total.labels(watcher=self.watcher, handler=name).inc()
+            self.metrics.child(self.metrics.dead_letters_total, self.watcher, name).inc()
         return True
 
     def _stop(self, error: BaseException) -> None:
@@ -306,16 +307,9 @@ class Dispatcher:
             outcome = "stopped"
         elif outcome == "failed":
             outcome = "dead_letter"
-        self.metrics.events_handled_total.labels(
-            watcher=self.watcher, handler=name, outcome=outcome
-        ).inc()
-        self.metrics.handler_duration_seconds.labels(watcher=self.watcher, handler=name).observe(
-            result.duration
-        )
-
-    def _gauge(self) -> None:
-        if self.metrics is not None:
-            self.metrics.events_in_flight.labels(watcher=self.watcher).set(self._in_flight)
+        m = self.metrics
+        m.child(m.events_handled_total, self.watcher, name, outcome).inc()
+        m.child(m.handler_duration_seconds, self.watcher, name).observe(result.duration)
 
 
 def _position(event: ChangeEvent) -> Position | None:

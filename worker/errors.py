@@ -19,7 +19,7 @@ class ConfigError(WorkerError):
         super().__init__("\n".join(self.problems))
 
 
-class HandlerControl(Exception):  # noqa: N818 - control-flow signals, not errors
+class HandlerControl(Exception):
     """Base of the exceptions a handler raises to steer the dispatcher."""
 
 

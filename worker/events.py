@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from bson import Timestamp, json_util
+from bson import ObjectId, Timestamp, json_util
+
+_SIMPLE_IDS = (ObjectId, str, int)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,12 @@ class ChangeEvent:
         key = self.document_key
         if key is None:
             return f"ns:{self.namespace}"
+        ns = self.raw.get("ns") or {}
+        if len(key) == 1:
+            value = key.get("_id")
+            # the usual _id types get a cheap, still unambiguous key (type name + value)
+            if type(value) in _SIMPLE_IDS:
+                return f"{ns.get('db')}.{ns.get('coll')}:{type(value).__name__}:{value}"
         return f"{self.namespace}:{json_util.dumps(key, sort_keys=True)}"
 
     @property

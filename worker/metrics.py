@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 PREFIX = "changestream_worker_"
@@ -18,6 +20,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r, p = self.registry, PREFIX
         w = ["watcher"]
         self.events_received_total = Counter(
@@ -94,3 +97,11 @@ class Metrics:
         self.lease_held = Gauge(
             p + "lease_held", "1 while this process owns the watcher's lease.", w, registry=r
         )
+
+    def child(self, collector: Any, *labels: str) -> Any:
+        """``collector.labels(*labels)``, memoised: the hot path pays one dict lookup."""
+        key = (id(collector), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = collector.labels(*labels)
+        return found

@@ -32,6 +32,18 @@ INVALID_RESUME_TOKEN = 260
 log = structlog.get_logger("worker.watcher")
 
 
+class _Idle:
+    """An empty batch: the stream has caught up; ``token`` is its post-batch resume token."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: Mapping[str, Any] | None) -> None:
+        self.token = token
+
+
+_END = object()  # the stream closed (after an invalidate)
+
+
 class WatcherStopped(Exception):
     """The watcher stopped on purpose (policy or handler); ``expected`` keeps it ready."""
 
@@ -225,26 +237,47 @@ class Watcher:
                 "checkpoint write fenced off by a newer lease epoch", True, fenced=True
             )
 
+    async def _pump(self, stream: AsyncChangeStream[Any], queue: asyncio.Queue[Any]) -> None:
+        """Fetch ahead of the dispatcher (at most one batch), so that the server's next
+        batch is on its way while this one is handled."""
+        try:
+            while stream.alive and not self.stopping.is_set():
+                change = await stream.try_next()
+                await queue.put(change if change is not None else _Idle(stream.resume_token))
+            await queue.put(_END)
+        except Exception as exc:  # handed to the reading loop, which owns the policies
+            await queue.put(exc)
+
     async def _read(self, stream: AsyncChangeStream[Any]) -> None:
-        while not self.stopping.is_set() and stream.alive:
-            change = await stream.try_next()
-            self._check_dispatcher()
-            if change is None:
-                token = stream.resume_token
-                if token is not None:
-                    self.dispatcher.mark_idle(token)
-                self._observe_idle()
-                continue
-            if change.get("operationType") == "invalidate":
-                self.last_token = change["_id"]
-                self.log.warning("watcher_invalidated", policy=self.ws.on_invalidate)
-                if self.metrics is not None:
-                    self.metrics.resumes_total.labels(self.name, "invalidate").inc()
-                continue
-            event = ChangeEvent(change)
-            self.last_token = event.token
-            self._observe(event)
-            await self.dispatcher.submit(event)
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(1, self.ws.batch_size))
+        pump = asyncio.create_task(self._pump(stream, queue), name=f"pump:{self.name}")
+        try:
+            while not self.stopping.is_set():
+                item = await queue.get()
+                self._check_dispatcher()
+                if item is _END:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                if isinstance(item, _Idle):
+                    if item.token is not None:
+                        self.dispatcher.mark_idle(item.token)
+                    self._observe_idle()
+                    continue
+                if item.get("operationType") == "invalidate":
+                    self.last_token = item["_id"]
+                    self.log.warning("watcher_invalidated", policy=self.ws.on_invalidate)
+                    if self.metrics is not None:
+                        self.metrics.resumes_total.labels(self.name, "invalidate").inc()
+                    continue
+                event = ChangeEvent(item)
+                self.last_token = event.token
+                self._observe(event)
+                await self.dispatcher.submit(event)
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
 
     async def _after_invalidate(self) -> tuple[Mapping[str, Any] | None, None]:
         if self.ws.on_invalidate == "stop":
@@ -304,17 +337,16 @@ class Watcher:
             self.metrics.watcher_up.labels(self.name).set(1 if up else 0)
 
     def _observe(self, event: ChangeEvent) -> None:
-        if self.metrics is None:
+        m = self.metrics
+        if m is None:
             return
-        self.metrics.events_received_total.labels(self.name, event.operation_type).inc()
-        ts = (
-            event.wall_time.timestamp()
-            if event.wall_time
-            else (event.cluster_time.time if event.cluster_time else None)
-        )
+        m.child(m.events_received_total, self.name, event.operation_type).inc()
+        wall = event.wall_time
+        ts = wall.timestamp() if wall else (event.cluster_time.time if event.cluster_time else None)
+        now = time.time()
         if ts is not None:
-            self.metrics.lag_seconds.labels(self.name).set(max(0.0, time.time() - ts))
-        self.metrics.last_batch_timestamp_seconds.labels(self.name).set(time.time())
+            m.child(m.lag_seconds, self.name).set(max(0.0, now - ts))
+        m.child(m.last_batch_timestamp_seconds, self.name).set(now)
 
     def _observe_idle(self) -> None:
         if self.metrics is None:
