@@ -247,6 +247,13 @@ class TestSnapshotStart:
         await env["db"].items.insert_many([{"_id": i, "seq": i} for i in range(50)])
         async with running(cfg(env, watcher(start_at="snapshot"))):
             await eventually(lambda: _snapshots(env, 50), what="50 snapshot events")
+
+            async def scan_done() -> bool:
+                cp = await env["state"].checkpoints.find_one({"_id": "items"})
+                return bool(cp and (cp.get("snapshot") or {}).get("done"))
+
+            # a write during the scan may be seen twice (scan and stream): wait for its end
+            await eventually(scan_done, what="the end of the scan")
             await env["db"].items.insert_one({"_id": 50, "seq": 50})
             await eventually(lambda: _seq_handled(env, 50), what="live event")
         docs = await handled(env)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from bson import Int64
@@ -131,6 +132,22 @@ def _oplog_view(ctx: Ctx, cmd: dict[str, Any]) -> list[dict[str, Any]]:
         }
         for e in ctx.store.oplog
     ]
+    # where history starts, as a no-op entry: a replica set's oplog is never empty, and its
+    # oldest entry bounds what can be resumed (real sets write "initiating set" and
+    # periodic no-ops)
+    start = ctx.store.history_start
+    if not docs or docs[0]["ts"] > start:
+        docs.insert(
+            0,
+            {
+                "ts": start,
+                "t": Int64(ctx.server.term),
+                "wall": datetime.fromtimestamp(start.time, UTC),
+                "op": "n",
+                "ns": "",
+                "o": {"msg": "periodic noop"},
+            },
+        )
     if dict(cmd.get("sort") or {}).get("$natural") == -1:
         docs.reverse()
     query = cmd.get("filter") or {}
