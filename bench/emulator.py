@@ -11,10 +11,15 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 from pymongo import AsyncMongoClient
 
+# bench/worker.py sits beside this script: keep it from shadowing the `worker` package
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 from worker.testing.emulator import ReplicaSetEmulator
 
 
