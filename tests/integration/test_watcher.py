@@ -313,3 +313,45 @@ class TestHeadroom:
             await eventually(negative, what="negative headroom")
         finally:
             await sup.shutdown()
+
+
+class TestObservability:
+    async def test_lag_is_idle_aware_and_heartbeat_moves(self, env: dict[str, Any]) -> None:
+        """After events, an idle stream reports zero lag and a fresh heartbeat."""
+        async with running(cfg(env)) as sup:
+            await asyncio.sleep(0.3)
+            await env["db"].items.insert_many([{"seq": i} for i in range(5)])
+            await eventually(lambda: count_handled(env, 5), what="5 events")
+            lag = sup.metrics.lag_seconds.labels(watcher="items")
+            beat = sup.metrics.last_batch_timestamp_seconds.labels(watcher="items")
+            first_beat = beat._value.get()
+            await asyncio.sleep(0.4)  # several empty batches (max_await_time is 100 ms)
+            assert lag._value.get() == 0.0
+            assert beat._value.get() > first_beat
+            received = sup.metrics.events_received_total.labels(watcher="items", operation="insert")
+            assert received._value.get() == 5
+
+    @pytest.mark.emulator_only
+    async def test_readyz_flips_when_a_watcher_stops_on_policy(self, env: dict[str, Any]) -> None:
+        """/readyz is 200 while the watcher runs and 503 once history loss stops it."""
+        import aiohttp
+
+        settings = cfg(env, watcher(on_history_lost="fail"), http={"host": "127.0.0.1", "port": 0})
+        async with aiohttp.ClientSession() as http:
+            async with running(settings) as sup:
+                await eventually(lambda: _has_checkpoint(env), what="first checkpoint")
+                async with http.get(f"http://127.0.0.1:{sup.http.port}/readyz") as r:
+                    assert r.status == 200
+            now = (await env["client"].admin.command("ping"))["operationTime"]
+            await env["client"].admin.command(
+                {"emulatorTruncateOplog": 1, "before": Timestamp(now.time + 5, 0)}
+            )
+            async with running(settings) as sup:
+                url = f"http://127.0.0.1:{sup.http.port}/readyz"
+
+                async def failed() -> bool:
+                    async with http.get(url) as r:
+                        body = await r.json()
+                        return r.status == 503 and body["watchers"]["items"]["state"] == "failed"
+
+                await eventually(failed, what="/readyz to answer 503 for a failed watcher")
