@@ -1,0 +1,1 @@
+"""Conformance suite: MongoDB 7 replica-set behaviour the emulator must match."""
