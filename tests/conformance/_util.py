@@ -6,13 +6,51 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
-from pymongo import AsyncMongoClient, MongoClient
+from pymongo import AsyncMongoClient, MongoClient, monitoring
 from pymongo.asynchronous.change_stream import AsyncChangeStream
 
 Doc = dict[str, Any]
 # How many empty awaitData rounds a reader tolerates before deciding nothing is coming.
 EMPTY_ROUNDS = 30
 AWAIT_MS = 200
+
+
+class Commands(monitoring.CommandListener):
+    """Records the names of the commands a client starts, and of those that fail."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.failures: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        """Record a started command."""
+        self.names.append(event.command_name)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        """Nothing to record."""
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        """Record a failed command."""
+        self.failures.append(event.command_name)
+
+    def count(self, name: str) -> int:
+        """How many times `name` was started."""
+        return self.names.count(name)
+
+
+@contextlib.asynccontextmanager
+async def app_client(
+    uri: str, app: str, **options: Any
+) -> AsyncIterator[tuple[AsyncMongoClient[Doc], Commands]]:
+    """A client named `app` (fail points filter on it) with a command recorder."""
+    commands = Commands()
+    client: AsyncMongoClient[Doc] = AsyncMongoClient(
+        uri, appname=app, event_listeners=[commands], tz_aware=True, **options
+    )
+    try:
+        yield client, commands
+    finally:
+        await client.close()
 
 
 @contextlib.asynccontextmanager
