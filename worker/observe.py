@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -58,13 +59,18 @@ async def watch_headroom(
             first = None
         for w in watchers():
             pos = w.checkpointer.last_written
-            if pos is None or pos.cluster_time is None:
+            at = pos.cluster_time if pos is not None else None
+            if at is None:  # nothing written by this run (e.g. it failed at start): the stored one
+                with contextlib.suppress(PyMongoError):
+                    stored = await w.store.load(w.name)
+                    at = stored.cluster_time if stored is not None else None
+            if at is None:
                 continue
             metrics.checkpoint_age_seconds.labels(watcher=w.name).set(
-                max(0.0, time.time() - pos.cluster_time.time)
+                max(0.0, time.time() - at.time)
             )
             if first is not None:
                 metrics.oplog_headroom_seconds.labels(watcher=w.name).set(
-                    headroom_seconds(pos.cluster_time, first)
+                    headroom_seconds(at, first)
                 )
         await asyncio.sleep(interval)

@@ -14,11 +14,11 @@ import structlog
 from bson import Timestamp
 from pymongo.errors import ConnectionFailure, OperationFailure
 
-from worker.checkpoints import Checkpointer, CheckpointStore
+from worker.checkpoints import Checkpoint, Checkpointer, CheckpointStore
 from worker.dispatch import Dispatcher, LeaseLost
 from worker.errors import StopWatcher
 from worker.events import ChangeEvent
-from worker.snapshot import run_snapshot
+from worker.snapshot import cluster_time_now, run_snapshot
 
 if TYPE_CHECKING:
     from pymongo.asynchronous.change_stream import AsyncChangeStream
@@ -171,9 +171,14 @@ class Watcher:
         start = self.ws.start_at
         if start == "snapshot":
             return await self._snapshot(None)
-        if isinstance(start, datetime):
-            return None, timestamp_of(start)
-        return None, None
+        at = timestamp_of(start) if isinstance(start, datetime) else await cluster_time_now(self)
+        # the first owner's starting point is stored before anything else, so that whoever
+        # runs this watcher next (a restart, a standby, a rebalance) starts from it too
+        if not await self.store.save(
+            self.name, Checkpoint(token=None, cluster_time=at), self._epoch()
+        ):
+            raise WatcherStopped("checkpoint holds a newer lease epoch", True, fenced=True)
+        return None, at
 
     async def _snapshot(self, progress: Mapping[str, Any] | None) -> tuple[None, Timestamp]:
         self.state = "snapshot"

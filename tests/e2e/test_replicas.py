@@ -9,23 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pymongo import MongoClient
 
-from tests.e2e.test_worker_process import wait_until
-from tests.support.harness import WorkerProcess, config_dict, unique, watcher
+from tests.e2e.conftest import wait_until
+from tests.support.harness import WorkerProcess, config_dict, watcher
 
 pytestmark = pytest.mark.slow
 TTL = 3.0
-
-
-@pytest.fixture
-def dbs(mongo_uri: str) -> Any:
-    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri)
-    names = (unique("db"), unique("state"))
-    yield client, client[names[0]], client[names[1]]
-    for n in names:
-        client.drop_database(n)
-    client.close()
 
 
 def start_three(mongo_uri: str, db: Any, state: Any, tmp: Path, **wkw: Any) -> list[WorkerProcess]:
@@ -47,6 +36,25 @@ def owner(state: Any, name: str = "items") -> dict[str, Any] | None:
     if doc is None or doc.get("owner") is None:
         return None
     return doc
+
+
+def wait_new_owner(state: Any, first: dict[str, Any]) -> None:
+    """Wait until another replica than `first`'s owner holds the lease."""
+    wait_until(
+        lambda: (o := owner(state)) is not None and o["owner"] != first["owner"],
+        TTL + 10,
+        "a new owner",
+    )
+
+
+def active_replica(
+    workers: list[WorkerProcess], state: Any
+) -> tuple[WorkerProcess, dict[str, Any]]:
+    """The process owning the lease (waiting for one), and the lease as it stood."""
+    wait_until(lambda: owner(state) is not None, 30, "a lease owner")
+    first = owner(state)
+    assert first is not None
+    return next(w for w in workers if w.name == first["owner"]), first
 
 
 def stop_all(workers: list[WorkerProcess]) -> None:
@@ -102,16 +110,9 @@ class TestFailover:
         _client, db, state = dbs
         workers = start_three(mongo_uri, db, state, tmp_path)
         try:
-            wait_until(lambda: owner(state) is not None, 30, "a lease owner")
-            first = owner(state)
-            assert first is not None
-            paused = next(w for w in workers if w.name == first["owner"])
+            paused, first = active_replica(workers, state)
             paused.signal(signal.SIGSTOP)
-            wait_until(
-                lambda: (o := owner(state)) is not None and o["owner"] != first["owner"],
-                TTL + 10,
-                "a new owner",
-            )
+            wait_new_owner(state, first)
             db.items.insert_many([{"_id": i, "seq": i} for i in range(200)])
             resumed_at = time.time()
             paused.signal(signal.SIGCONT)
@@ -138,17 +139,10 @@ class TestFailover:
         _client, db, state = dbs
         workers = start_three(mongo_uri, db, state, tmp_path)
         try:
-            wait_until(lambda: owner(state) is not None, 30, "a lease owner")
-            first = owner(state)
-            assert first is not None
-            active = next(w for w in workers if w.name == first["owner"])
+            active, first = active_replica(workers, state)
             active.signal(signal.SIGTERM)
             t0 = time.monotonic()
-            wait_until(
-                lambda: (o := owner(state)) is not None and o["owner"] != first["owner"],
-                TTL + 10,
-                "a new owner",
-            )
+            wait_new_owner(state, first)
             takeover = time.monotonic() - t0
             assert active.wait(30) == 0
             assert takeover < TTL, f"graceful takeover took {takeover:.1f}s"
@@ -169,6 +163,7 @@ class TestPartitions:
         try:
             names = [f"items#{i}" for i in range(4)]
             wait_until(lambda: all(owner(state, n) for n in names), 30, "4 partition owners")
+            wait_until(lambda: state.checkpoints.count_documents({}) >= 4, 30, "4 checkpoints")
             db.items.insert_many([{"_id": k, "seq": 0} for k in range(200)])
             for step in range(1, 6):
                 for k in range(200):
@@ -179,7 +174,8 @@ class TestPartitions:
             per_watcher = {n: state.handled.count_documents({"watcher": n}) for n in names}
             assert all(v > 0 for v in per_watcher.values()), per_watcher
             by_key: dict[int, list[Any]] = {}
-            for d in state.handled.find().sort("_id", 1):
+            # "at" is each handling's wall time; ObjectIds of different processes don't sort
+            for d in state.handled.find().sort("at", 1):
                 by_key.setdefault(d["key"], []).append((d["ts"], d["watcher"]))
             assert len(by_key) == 200
             for key, seen in by_key.items():

@@ -10,30 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pymongo import MongoClient
 
-from tests.support.harness import WorkerProcess, config_dict, unique, watcher
+from tests.e2e.conftest import wait_until
+from tests.support.harness import WorkerProcess, config_dict, watcher
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def dbs(mongo_uri: str) -> Any:
-    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri)
-    names = (unique("db"), unique("state"))
-    yield client, client[names[0]], client[names[1]]
-    for n in names:
-        client.drop_database(n)
-    client.close()
-
-
-def wait_until(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def checkpoint_covered(client: Any, db: Any, state: Any) -> tuple[int, int]:

@@ -294,7 +294,8 @@ class TestHeadroom:
         truncating the oplog past the checkpoint drives it negative."""
         from worker.supervisor import Supervisor
 
-        sup = Supervisor(cfg(env))
+        settings = cfg(env)
+        sup = Supervisor(settings)
         sup.headroom_interval = 0.1
         await sup.start()
         try:
@@ -302,10 +303,18 @@ class TestHeadroom:
             gauge = sup.metrics.oplog_headroom_seconds.labels(watcher="items")
             await asyncio.sleep(0.3)
             assert gauge._value.get() >= 0
-            now = (await env["client"].admin.command("ping"))["operationTime"]
-            await env["client"].admin.command(
-                {"emulatorTruncateOplog": 1, "before": Timestamp(now.time + 5, 0)}
-            )
+        finally:
+            await sup.shutdown()
+        # history vanishes while the worker is down: its checkpoint is now off the oplog
+        now = (await env["client"].admin.command("ping"))["operationTime"]
+        await env["client"].admin.command(
+            {"emulatorTruncateOplog": 1, "before": Timestamp(now.time + 5, 0)}
+        )
+        sup = Supervisor(settings)
+        sup.headroom_interval = 0.1
+        await sup.start()
+        try:
+            gauge = sup.metrics.oplog_headroom_seconds.labels(watcher="items")
 
             async def negative() -> bool:
                 return gauge._value.get() < 0
