@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import datetime
 from typing import Any
 
 import pytest
 from bson import Binary, Int64, Timestamp
+from pymongo import MongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure
 
@@ -572,3 +574,22 @@ class TestTransactions:
             await db["c"].insert_one({"_id": "kept"})
             event = await next_change(stream)
         assert event["documentKey"] == {"_id": "kept"}
+
+
+class TestSyncClient:
+    """The synchronous MongoClient's change streams."""
+
+    def test_watch_and_resume(self, sync_client: MongoClient[Doc]) -> None:
+        """A sync stream reads events, and a second one resumes after the first event."""
+        name = f"t_sync_{uuid.uuid4().hex[:8]}"
+        coll = sync_client[name]["c"]
+        try:
+            with coll.watch(max_await_time_ms=AWAIT_MS) as stream:
+                coll.insert_many([{"_id": 1}, {"_id": 2}])
+                first = stream.next()
+                assert first["documentKey"] == {"_id": 1}
+            with coll.watch(resume_after=first["_id"], max_await_time_ms=AWAIT_MS) as resumed:
+                assert resumed.next()["documentKey"] == {"_id": 2}
+                assert resumed.try_next() is None
+        finally:
+            sync_client.drop_database(name)
