@@ -18,10 +18,11 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
 from worker.checkpoints import MongoCheckpointStore
+from worker.coordination import Coordinator
 from worker.deadletters import DeadLetterStore
 from worker.dispatch import Dispatcher
 from worker.handler import Handler, HandlerContext
-from worker.leases import Lease, Membership, fair_share, partition_stage
+from worker.leases import Lease, partition_stage
 from worker.logs import mask_uri
 from worker.metrics import Metrics
 from worker.observe import watch_headroom
@@ -71,7 +72,7 @@ class Supervisor:
         self.http: Any = None
         self.uri = settings.mongodb.uri
         self.instance_id = settings.leases.instance_id or socket.gethostname()
-        self.membership: Membership | None = None
+        self.coordinator: Coordinator | None = None
         self._background: list[asyncio.Task[None]] = []
         self.headroom_interval = 10.0  # seconds between oplog headroom refreshes
         self._signals = 0
@@ -126,10 +127,10 @@ class Supervisor:
         for name, handler in self.handlers.items():
             await handler.start(self._context(name, "*", self.settings.mongodb.database))
         await self._start_http()
-        if self.settings.leases.enabled:
-            self.membership = Membership(state_db, self.instance_id, self.settings.leases.ttl)
-            await self.membership.beat()
-            self._background.append(asyncio.create_task(self._membership_loop()))
+        self.coordinator = Coordinator(
+            self.settings, state_db, self.instance_id, self.slots, self.metrics, self.stop_requested
+        )
+        await self.coordinator.start()
         self._background.append(
             asyncio.create_task(
                 watch_headroom(
@@ -144,7 +145,8 @@ class Supervisor:
                 slot.task = asyncio.create_task(self._supervise(slot), name=f"watcher:{name}")
 
     def _active_watchers(self) -> list[Watcher]:
-        return [s.watcher for s in self.slots if s.watcher is not None and s.state == "running"]
+        # a failed watcher keeps its gauge: negative headroom is the reason it failed
+        return [s.watcher for s in self.slots if s.watcher is not None and s.state != "standby"]
 
     def _instance_names(self, ws: WatcherSettings) -> list[str]:
         if ws.partitions <= 1:
@@ -204,9 +206,10 @@ class Supervisor:
         )
 
     async def _supervise(self, slot: WatcherSlot) -> None:
+        assert self.coordinator is not None, "start() first"
         delay = 0.5
         while not self.stop_requested.is_set():
-            lease = await self._acquire(slot)
+            lease = await self.coordinator.acquire(slot, self._publish)
             if lease is None and self.settings.leases.enabled:
                 return  # asked to stop while standing by
             watcher = slot.watcher = self.build_watcher(slot, lease)
@@ -246,8 +249,7 @@ class Supervisor:
                     task.cancel()
                 if lease is not None:
                     await lease.release()
-                    slot.held = False
-                    self.metrics.lease_held.labels(slot.name).set(0)
+                    self.coordinator.released(slot)
                 await self._publish(slot)
 
     def _deposed(self, slot: WatcherSlot) -> None:
@@ -269,58 +271,6 @@ class Supervisor:
                 error=slot.reason,
                 restarts=slot.restarts,
             )
-
-    async def _acquire(self, slot: WatcherSlot) -> Lease | None:
-        """Stand by until this process owns the slot's lease (None: leases are off, or stop)."""
-        if not self.settings.leases.enabled:
-            return None
-        assert self.client is not None
-        lease = Lease(
-            self.client[self.settings.state.database],
-            slot.name,
-            self.instance_id,
-            self.settings.leases.ttl,
-        )
-        poll = min(1.0, self.settings.leases.ttl / 3)
-        while not self.stop_requested.is_set():
-            try:
-                if self._may_take(slot) and await lease.try_acquire():
-                    slot.held = True
-                    self.metrics.lease_held.labels(slot.name).set(1)
-                    return lease
-            except PyMongoError as exc:
-                log.warning("lease_acquire_failed", watcher=slot.name, error=str(exc)[:200])
-            if slot.state != "standby":
-                slot.state, slot.reason = "standby", "another replica holds the lease"
-                self.metrics.lease_held.labels(slot.name).set(0)
-                await self._publish(slot)
-            await self._wait(poll)
-        return None
-
-    def _may_take(self, slot: WatcherSlot) -> bool:
-        """Partitions are shared: take one only while under this process's fair share."""
-        if slot.ws.partitions <= 1 or self.membership is None:
-            return True
-        held = sum(1 for s in self.slots if s.ws is slot.ws and s.held)
-        return held < fair_share(slot.ws.partitions, self.membership.alive)
-
-    async def _membership_loop(self) -> None:
-        assert self.membership is not None
-        while not self.stop_requested.is_set():
-            await self._wait(self.settings.leases.ttl / 3)
-            try:
-                alive = await self.membership.beat()
-            except PyMongoError as exc:
-                log.warning("membership_beat_failed", error=str(exc)[:200])
-                continue
-            for ws in self.settings.watchers:
-                held = [s for s in self.slots if s.ws is ws and s.held and not s.yield_requested]
-                extra = len(held) - fair_share(ws.partitions, alive) if ws.partitions > 1 else 0
-                for slot in held[len(held) - extra :] if extra > 0 else []:
-                    log.info("partition_handover", watcher=slot.name, members=alive)
-                    slot.yield_requested = True
-                    if slot.watcher is not None:
-                        slot.watcher.stopping.set()
 
     async def _publish(self, slot: WatcherSlot) -> None:
         """Record the slot's state for `changestream-worker status` (best effort)."""
@@ -377,8 +327,8 @@ class Supervisor:
         if self.http is not None:
             await self.http.stop()
         if self.client is not None:
-            if self.membership is not None:
-                await self.membership.leave()
+            if self.coordinator is not None:
+                await self.coordinator.close()
             await self.client.close()
         if self.emulator is not None:
             await self.emulator.stop()
