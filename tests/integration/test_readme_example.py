@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import sys
 from pathlib import Path
@@ -42,7 +41,11 @@ class TestReadmeExample:
         w = watcher(handlers=["audit"])
         try:
             async with running(settings_of(config_dict(mongo_uri, db, state, [w], handlers))):
-                await asyncio.sleep(0.3)
+
+                async def started() -> bool:
+                    return await client[state].checkpoints.find_one({"_id": "items"}) is not None
+
+                await eventually(started, what="the watcher's starting point")
                 await client[db].items.insert_many([{"_id": i} for i in range(3)])
                 await client[db].items.delete_one({"_id": 0})
 

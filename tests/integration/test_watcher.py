@@ -53,7 +53,7 @@ class TestResume:
         """Events written while the worker is down are handled once after restart."""
         settings = cfg(env)
         async with running(settings):
-            await asyncio.sleep(0.3)
+            await started(env)
             await env["db"].items.insert_many([{"seq": i} for i in range(20)])
             await eventually(lambda: count_handled(env, 20), what="first 20 events")
         await env["db"].items.insert_many([{"seq": i} for i in range(20, 30)])
@@ -66,7 +66,7 @@ class TestResume:
     async def test_checkpoint_document_has_token_time_and_count(self, env: dict[str, Any]) -> None:
         """The checkpoint names the watcher and carries token, cluster time and progress."""
         async with running(cfg(env)):
-            await asyncio.sleep(0.3)
+            await started(env)
             await env["db"].items.insert_many([{"seq": i} for i in range(5)])
             await eventually(lambda: count_handled(env, 5), what="5 events")
         cp = await env["state"].checkpoints.find_one({"_id": "items"})
@@ -83,7 +83,7 @@ class TestOrdering:
         }
         settings = cfg(env, watcher(concurrency=8, full_document="updateLookup"), handlers=handlers)
         async with running(settings):
-            await asyncio.sleep(0.3)
+            await started(env)
             await env["db"].items.insert_many([{"_id": k, "seq": 0} for k in range(10)])
             for step in range(1, 15):
                 for k in range(10):
@@ -115,6 +115,15 @@ class TestCheckpoints:
         assert await env["state"].handled.count_documents({}) == 0
 
 
+async def started(env: dict[str, Any], name: str = "items") -> None:
+    """Wait until the watcher has stored its starting point (its first act)."""
+
+    async def stored() -> bool:
+        return await env["state"].checkpoints.find_one({"_id": name}) is not None
+
+    await eventually(stored, what=f"watcher {name!r} to store its starting point")
+
+
 async def _has_checkpoint(env: dict[str, Any]) -> bool:
     return await env["state"].checkpoints.find_one({"_id": "items"}) is not None
 
@@ -128,7 +137,7 @@ class TestFailures:
             "recorder": {"type": "tests.support.recorder:Recorder", "options": {"fail_keys": [3]}}
         }
         async with running(cfg(env, handlers=handlers)):
-            await asyncio.sleep(0.3)
+            await started(env)
             await env["db"].items.insert_many([{"_id": i, "seq": i} for i in range(6)])
             await eventually(lambda: count_handled(env, 5), what="the 5 good events")
             await eventually(lambda: _dead(env, 1), what="one dead letter")
@@ -148,7 +157,7 @@ class TestInvalidate:
     async def test_stop_policy_stops_on_drop_and_stays_ready(self, env: dict[str, Any]) -> None:
         """on_invalidate=stop: the watcher stops on purpose; readiness stays true."""
         async with running(cfg(env, watcher(on_invalidate="stop"))) as sup:
-            await asyncio.sleep(0.3)
+            await started(env)
             await env["db"].items.insert_one({"seq": 1})
             await eventually(lambda: count_handled(env, 1), what="one event")
             await env["db"].items.drop()
@@ -163,7 +172,7 @@ class TestInvalidate:
     async def test_restart_policy_follows_the_new_collection(self, env: dict[str, Any]) -> None:
         """on_invalidate=restart: after a drop, events of the recreated collection arrive."""
         async with running(cfg(env, watcher(on_invalidate="restart", operations=["insert"]))):
-            await asyncio.sleep(0.3)
+            await started(env)
             await env["db"].items.insert_one({"seq": 1})
             await eventually(lambda: count_handled(env, 1), what="first event")
             await env["db"].items.drop()
@@ -177,7 +186,7 @@ class TestInvalidate:
 class TestHistoryLost:
     async def _lose_history(self, env: dict[str, Any], settings: Any) -> None:
         async with running(settings):
-            await asyncio.sleep(0.3)
+            await started(env)
             await env["db"].items.insert_one({"seq": 0})
             await eventually(lambda: count_handled(env, 1), what="first event")
         await env["db"].items.insert_many([{"seq": i} for i in range(1, 4)])
@@ -328,7 +337,7 @@ class TestObservability:
     async def test_lag_is_idle_aware_and_heartbeat_moves(self, env: dict[str, Any]) -> None:
         """After events, an idle stream reports zero lag and a fresh heartbeat."""
         async with running(cfg(env)) as sup:
-            await asyncio.sleep(0.3)
+            await started(env)
             await env["db"].items.insert_many([{"seq": i} for i in range(5)])
             await eventually(lambda: count_handled(env, 5), what="5 events")
             lag = sup.metrics.lag_seconds.labels(watcher="items")
