@@ -52,6 +52,7 @@ def active_replica(
 ) -> tuple[WorkerProcess, dict[str, Any]]:
     """The process owning the lease (waiting for one), and the lease as it stood."""
     wait_until(lambda: owner(state) is not None, 30, "a lease owner")
+    wait_until(lambda: state.checkpoints.find_one({"_id": "items"}), 30, "its starting point")
     first = owner(state)
     assert first is not None
     return next(w for w in workers if w.name == first["owner"]), first
@@ -72,6 +73,7 @@ class TestFailover:
         workers = start_three(mongo_uri, db, state, tmp_path)
         try:
             wait_until(lambda: owner(state) is not None, 30, "a lease owner")
+            wait_until(lambda: state.checkpoints.find_one({"_id": "items"}), 30, "a start point")
             total = 20_000
 
             def load() -> None:
