@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 from typing import Any
 
-from bson import Timestamp
+from bson import Int64, Timestamp
 from mongomock import aggregate as mm_aggregate
 from mongomock import filtering
 
@@ -37,6 +37,40 @@ USER_STAGES = {
     "$replaceRoot",
     "$replaceWith",
     "$redact",
+}
+KNOWN_STAGES = {
+    "$addFields",
+    "$bucket",
+    "$bucketAuto",
+    "$collStats",
+    "$count",
+    "$densify",
+    "$facet",
+    "$fill",
+    "$geoNear",
+    "$graphLookup",
+    "$group",
+    "$indexStats",
+    "$limit",
+    "$lookup",
+    "$match",
+    "$merge",
+    "$out",
+    "$project",
+    "$redact",
+    "$replaceRoot",
+    "$replaceWith",
+    "$sample",
+    "$set",
+    "$setWindowFields",
+    "$skip",
+    "$sort",
+    "$sortByCount",
+    "$unionWith",
+    "$unset",
+    "$unwind",
+    "$documents",
+    "$changeStreamSplitLargeEvent",
 }
 EXPANDED = {"create", "createIndexes", "dropIndexes", "modify"}
 
@@ -75,7 +109,7 @@ class ChangeStream:
         self.cluster = bool(spec.get("allChangesForCluster"))
         if self.cluster and (db != "admin" or coll is not None):
             raise CommandError(
-                40573,
+                72,
                 "$changeStream may only be run with "
                 "{allChangesForCluster: true} on the 'admin' database",
             )
@@ -97,7 +131,7 @@ class ChangeStream:
                 )
             if name not in USER_STAGES:
                 raise CommandError(
-                    280 if name.startswith("$") else 40324,
+                    20 if name in KNOWN_STAGES else 40324,
                     f"{name} is not permitted in a $changeStream pipeline",
                 )
         self.pipeline = pipeline
@@ -254,7 +288,7 @@ class ChangeStream:
                 ev["fullDocument"] = e.post
             elif self.full_document == "required":
                 raise CommandError(
-                    38,
+                    47,
                     "Change stream was configured to require a post-image for "
                     "all update, delete and replace events, but the post-image "
                     "was not found for event.",
@@ -270,7 +304,7 @@ class ChangeStream:
                 ev["fullDocumentBeforeChange"] = e.pre
             elif self.before == "required":
                 raise CommandError(
-                    38,
+                    47,
                     "Change stream was configured to require a pre-image for "
                     "all update, delete and replace events, but the pre-image "
                     "was not found for event.",
@@ -278,7 +312,7 @@ class ChangeStream:
             else:
                 ev["fullDocumentBeforeChange"] = None
         if e.txn_number is not None:
-            ev["txnNumber"] = e.txn_number
+            ev["txnNumber"] = Int64(e.txn_number)
             ev["lsid"] = e.lsid
         return ev
 

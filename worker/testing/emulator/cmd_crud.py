@@ -10,7 +10,7 @@ from bson import Int64
 from mongomock import filtering
 
 from worker.testing.emulator import docops
-from worker.testing.emulator.changestream import ChangeStream
+from worker.testing.emulator.changestream import KNOWN_STAGES, ChangeStream
 from worker.testing.emulator.context import Ctx, check_fields, command
 from worker.testing.emulator.cursors import first_batch
 from worker.testing.emulator.errors import CommandError, unsupported
@@ -383,12 +383,12 @@ async def aggregate(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
             raise CommandError(
                 40602, "$changeStream is only valid as the first stage in a pipeline"
             )
+        if name not in KNOWN_STAGES:
+            raise CommandError(40324, f"Unrecognized pipeline stage name: '{name}'")
     try:
         docs = list(ctx.ws.coll(ctx.db, target).aggregate(pipeline))
     except NotImplementedError as exc:
         raise unsupported(str(exc).split(".")[0]) from exc
-    except Exception as exc:  # mongomock's OperationFailure for bad stages
-        raise CommandError(int(getattr(exc, "code", None) or 2), str(exc)) from exc
     return first_batch(
         ctx.server.cursors, f"{ctx.db}.{target}", docs, None if batch is None else int(batch)
     )

@@ -10,6 +10,24 @@ from bson import ObjectId
 from worker.testing.emulator.errors import unsupported
 from worker.testing.emulator.store import Change, update_description
 
+UPDATE_OPERATORS = {
+    "$set",
+    "$unset",
+    "$inc",
+    "$mul",
+    "$rename",
+    "$setOnInsert",
+    "$min",
+    "$max",
+    "$currentDate",
+    "$addToSet",
+    "$pop",
+    "$pull",
+    "$push",
+    "$pullAll",
+    "$bit",
+}
+
 
 class WriteFailure(Exception):
     """One statement of a write command failed: becomes an entry of ``writeErrors``."""
@@ -73,7 +91,38 @@ def _is_replacement(update: Any) -> bool:
             if dollar[0]
             else "The dollar ($) prefixed field is not allowed in a replacement",
         )
-    return not any(dollar)
+    replacement = not any(dollar)
+    if not replacement:
+        for op, fields in update.items():
+            if op not in UPDATE_OPERATORS:
+                raise WriteFailure(
+                    9,
+                    f"Unknown modifier: {op}. Expected a valid update modifier "
+                    "or pipeline-style update specified as an array",
+                )
+            if isinstance(fields, dict) and any(f == "_id" or f.startswith("_id.") for f in fields):
+                raise WriteFailure(
+                    66,
+                    "Performing an update on the path '_id' would modify the immutable field '_id'",
+                )
+    return replacement
+
+
+def _apply_mul(coll: Any, _id: Any, u: dict[str, Any]) -> dict[str, Any]:
+    """mongomock lacks $mul: turn it into a $set of the products (missing fields become 0)."""
+    if "$mul" not in u:
+        return u
+    doc = coll.find_one({"_id": _id}) or {}
+    sets = dict(u.get("$set") or {})
+    for path, factor in u["$mul"].items():
+        cur: Any = doc
+        for part in path.split("."):
+            cur = cur.get(part) if isinstance(cur, dict) else None
+        if cur is not None and not isinstance(cur, int | float):
+            raise WriteFailure(14, "Cannot apply $mul to a value of non-numeric type")
+        sets[path] = (cur or 0) * factor if cur is not None else 0 * factor
+    rest = {k: v for k, v in u.items() if k not in ("$mul", "$set")}
+    return {**rest, "$set": sets}
 
 
 def update(
@@ -104,7 +153,7 @@ def update(
             if replacement:
                 res = coll.replace_one(query, dict(u), upsert=True)
             else:
-                res = coll.update_one(query, u, upsert=True, **kwargs)
+                res = coll.update_one(query, _apply_mul(coll, None, u), upsert=True, **kwargs)
         except Exception as exc:
             raise _translate(exc, coll) from exc
         new_id = res.upserted_id
@@ -125,7 +174,7 @@ def update(
                     )
                 coll.replace_one({"_id": _id}, {"_id": _id, **new_doc})
             else:
-                coll.update_one({"$and": [{"_id": _id}, query]}, u, **kwargs)
+                coll.update_one({"$and": [{"_id": _id}, query]}, _apply_mul(coll, _id, u), **kwargs)
         except WriteFailure:
             raise
         except Exception as exc:

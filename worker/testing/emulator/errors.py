@@ -53,6 +53,9 @@ CODE_NAMES: dict[int, str] = {
     13436: "NotPrimaryOrSecondary",
     40415: "Location40415",
     40573: "Location40573",
+    47: "NoMatchingDocument",
+    168: "InvalidPipelineOperator",
+    40324: "Location40324",
     40602: "Location40602",
 }
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 from bson import Binary, Int64, ObjectId
+from pymongo.errors import OperationFailure
 
 from worker.testing.emulator import cmd_admin, cmd_crud, cmd_ddl, wire  # noqa: F401  (registers commands)
 from worker.testing.emulator.context import COMMANDS, WRITES, Ctx
@@ -42,7 +43,18 @@ ANY_STATE = {
     "killAllSessions",
     "emulatorTruncateOplog",
 }
+TXN_END = {"commitTransaction", "abortTransaction"}
 RETRYABLE_COMMANDS = {"insert", "update", "delete", "findAndModify", "findandmodify"}
+
+
+def _from_engine(exc: OperationFailure) -> CommandError:
+    """The query engine's error, with the code MongoDB gives the same mistake."""
+    msg = str(exc).split(", full error")[0]
+    if msg.startswith("unknown operator"):
+        return CommandError(2, msg)
+    if msg.startswith("Unrecognized expression"):
+        return CommandError(168, msg)
+    return CommandError(int(exc.code or 2), msg)
 
 
 class CloseConnection(Exception):
@@ -276,6 +288,9 @@ class ReplicaSetEmulator:
             reply = exc.reply()
         except (CloseConnection, asyncio.CancelledError):
             raise
+        except OperationFailure as exc:  # raised by mongomock for bad queries and expressions
+            self._label(exc_ := _from_engine(exc), name, cmd)
+            reply = exc_.reply()
         except NotImplementedError as exc:
             reply = CommandError(115, f"the emulator does not support this: {exc}").reply()
         except Exception as exc:  # a bug of the emulator answers one command, not the socket
@@ -348,7 +363,8 @@ class ReplicaSetEmulator:
                 )
             st.txn_number = number
             retry_key = (st, number)
-        ctx = Ctx(self, conn, db, sessions.workspace(cmd))
+        ws = sessions.live if name in TXN_END else sessions.workspace(cmd)
+        ctx = Ctx(self, conn, db, ws)
         reply = await handler(ctx, cmd)
         if retry_key is not None:
             st, number = retry_key
