@@ -1,0 +1,85 @@
+"""cache_invalidation: delete the Redis keys a change makes stale, in one round trip.
+
+Guarantee: idempotent (deleting a key twice is harmless), so at-least-once delivery is
+enough. Key templates name paths in the change event, e.g. ``user:{documentKey._id}`` or
+``user:email:{fullDocument.email}``. For deletes, ``fullDocument.*`` paths are read from the
+pre-image (``fullDocumentBeforeChange``): after a delete the document — and its email — is
+gone, so only the pre-image can name the keys it had. That needs
+``full_document_before_change: whenAvailable`` on the watcher and pre-images enabled on the
+collection (``changeStreamPreAndPostImages``); without them such keys are skipped and logged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import redis.asyncio as redis
+
+from worker import ChangeEvent, Handler, HandlerContext, HandlerOptions, SkipEvent, TransientError
+
+FIELD = re.compile(r"\{([^{}]+)\}")
+
+
+def _fill(template: str, values: list[str]) -> str:
+    it = iter(values)
+    return FIELD.sub(lambda _m: next(it), template)
+
+
+class CacheInvalidationOptions(HandlerOptions):
+    """Options of ``cache_invalidation`` (see config/worker.yaml)."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    keys: list[str]
+    publish_channel: str | None = None
+
+
+class CacheInvalidation(Handler):
+    """One pipeline of DEL per event (and an optional PUBLISH of the deleted keys)."""
+
+    Options = CacheInvalidationOptions
+
+    def __init__(self, options: HandlerOptions) -> None:
+        super().__init__(options)
+        assert isinstance(options, CacheInvalidationOptions)
+        self.opts = options
+        self.redis: Any = None
+
+    async def start(self, ctx: HandlerContext) -> None:
+        self.redis = redis.from_url(self.opts.redis_url)
+
+    async def stop(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    def keys_for(self, event: ChangeEvent) -> list[str]:
+        """The keys this event makes stale (templates whose paths are missing are left out)."""
+        deleted = event.operation_type == "delete"
+        out = []
+        for template in self.opts.keys:
+            values = []
+            for path in FIELD.findall(template):
+                if deleted and path.startswith("fullDocument."):
+                    path = "fullDocumentBeforeChange." + path.removeprefix("fullDocument.")
+                value = event.get(path)
+                if value is None:
+                    break
+                values.append(str(value))
+            else:
+                out.append(_fill(template, values))
+        return out
+
+    async def handle(self, event: ChangeEvent, ctx: HandlerContext) -> None:
+        keys = self.keys_for(event)
+        if not keys:
+            raise SkipEvent("no key template resolved for this event")
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.delete(*keys)
+                if self.opts.publish_channel:
+                    pipe.publish(self.opts.publish_channel, json.dumps(keys))
+                await pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise TransientError(f"redis: {exc}") from exc
+        ctx.log.debug("cache_invalidated", keys=len(keys))
