@@ -1,0 +1,182 @@
+"""sql_projection: keep a SQL table in step with a collection (PostgreSQL or MariaDB/MySQL).
+
+Guarantee: idempotent and order-proof. Every row carries ``source_ts``, the event's cluster
+time as ``time << 32 | increment``; a write only lands when its ``source_ts`` is newer than
+the row's, so a replayed or reordered older event never overwrites a newer row. A delete
+leaves a tombstone (``deleted = true``, data columns NULL, the delete's ``source_ts``)
+instead of removing the row: otherwise an older insert replayed after the delete would
+resurrect the document. Readers select ``WHERE NOT deleted`` (or a view doing so).
+Updates need the whole document: run the watcher with ``full_document: updateLookup``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from bson import ObjectId
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+)
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from worker import (
+    ChangeEvent,
+    Handler,
+    HandlerContext,
+    HandlerOptions,
+    PermanentError,
+    SkipEvent,
+    TransientError,
+)
+
+ColumnType = Literal["string", "integer", "float", "boolean", "json", "datetime"]
+SQL_TYPES: dict[str, Any] = {
+    "string": Text,
+    "integer": BigInteger,
+    "float": Float,
+    "boolean": Boolean,
+    "json": JSON,
+    "datetime": DateTime(timezone=True),
+}
+
+
+class ColumnSpec(BaseModel):
+    """A column fed from a document path, with its SQL type."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str
+    type: ColumnType = "string"
+
+
+class SqlProjectionOptions(HandlerOptions):
+    """Options of ``sql_projection`` (see config/worker.yaml)."""
+
+    url: str
+    table: str
+    columns: dict[str, str | ColumnSpec]
+    key_column: str = "id"
+    create_table: bool = False
+
+
+def _plain(value: Any, kind: str) -> Any:
+    if value is None or kind == "json":
+        return value
+    if kind == "string":
+        return (
+            str(value)
+            if isinstance(value, ObjectId | int | float | bool) or not isinstance(value, str)
+            else value
+        )
+    if kind == "datetime" and not isinstance(value, datetime):
+        raise PermanentError(f"not a date: {value!r}")
+    return value
+
+
+class SqlProjection(Handler):
+    """Upserts one row per document; deletes leave tombstones."""
+
+    Options = SqlProjectionOptions
+
+    def __init__(self, options: HandlerOptions) -> None:
+        super().__init__(options)
+        assert isinstance(options, SqlProjectionOptions)
+        self.opts = options
+        self.specs = {
+            name: spec if isinstance(spec, ColumnSpec) else ColumnSpec(path=spec)
+            for name, spec in options.columns.items()
+            if name != options.key_column
+        }
+        self.table = Table(
+            options.table,
+            MetaData(),
+            Column(options.key_column, String(255), primary_key=True),
+            *(
+                Column(name, SQL_TYPES[spec.type], nullable=True)
+                for name, spec in self.specs.items()
+            ),
+            Column("deleted", Boolean, nullable=False, default=False),
+            Column("source_ts", BigInteger, nullable=False),
+        )
+        self.engine: AsyncEngine | None = None
+
+    async def start(self, ctx: HandlerContext) -> None:
+        self.engine = create_async_engine(self.opts.url, pool_pre_ping=True)
+        if self.opts.create_table:
+            async with self.engine.begin() as conn:
+                await conn.run_sync(self.table.metadata.create_all)
+
+    async def stop(self) -> None:
+        if self.engine is not None:
+            await self.engine.dispose()
+
+    def row(self, event: ChangeEvent) -> dict[str, Any]:
+        """The row this event leaves behind (a tombstone for deletes)."""
+        ts = event.cluster_time
+        if ts is None or event.document_id is None:
+            raise SkipEvent("not a document change")
+        row: dict[str, Any] = {
+            self.opts.key_column: str(event.document_id),
+            "source_ts": (ts.time << 32) | ts.inc,
+        }
+        if event.operation_type == "delete":
+            return {**row, **{name: None for name in self.specs}, "deleted": True}
+        doc = event.full_document
+        if doc is None:
+            raise PermanentError(
+                "no fullDocument: run this watcher with full_document: updateLookup"
+            )
+        wrapped = ChangeEvent({"d": doc})
+        for name, spec in self.specs.items():
+            row[name] = _plain(wrapped.get(f"d.{spec.path}"), spec.type)
+        return {**row, "deleted": False}
+
+    def _upsert(self, row: dict[str, Any]) -> Any:
+        assert self.engine is not None
+        t = self.table
+        data = [c for c in row if c != self.opts.key_column]
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            stmt = pg_insert(t).values(**row)
+            return stmt.on_conflict_do_update(
+                index_elements=[self.opts.key_column],
+                set_={c: stmt.excluded[c] for c in data},
+                where=t.c.source_ts < stmt.excluded.source_ts,
+            )
+        if self.engine.dialect.name in ("mysql", "mariadb"):
+            from sqlalchemy.dialects.mysql import insert as my_insert
+
+            my = my_insert(t).values(**row)
+            newer = my.inserted.source_ts > t.c.source_ts
+            # source_ts last: every IF before it still compares against the old value
+            order = [c for c in data if c != "source_ts"] + ["source_ts"]
+            return my.on_duplicate_key_update(
+                [(c, func.IF(newer, my.inserted[c], t.c[c])) for c in order]
+            )
+        raise PermanentError(f"unsupported SQL dialect {self.engine.dialect.name!r}")
+
+    async def handle(self, event: ChangeEvent, ctx: HandlerContext) -> None:
+        if event.operation_type not in ("insert", "update", "replace", "delete"):
+            raise SkipEvent(f"{event.operation_type} changes no row")
+        row = self.row(event)
+        assert self.engine is not None, "start() first"
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(self._upsert(row))
+        except (OperationalError, DBAPIError) as exc:
+            if getattr(exc, "connection_invalidated", False) or isinstance(exc, OperationalError):
+                raise TransientError(f"SQL: {exc.orig}") from exc
+            raise
