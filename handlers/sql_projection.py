@@ -14,7 +14,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from bson import ObjectId
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import (
     JSON,
@@ -40,6 +39,7 @@ from worker import (
     PermanentError,
     SkipEvent,
     TransientError,
+    get_path,
 )
 
 ColumnType = Literal["string", "integer", "float", "boolean", "json", "datetime"]
@@ -75,11 +75,7 @@ def _plain(value: Any, kind: str) -> Any:
     if value is None or kind == "json":
         return value
     if kind == "string":
-        return (
-            str(value)
-            if isinstance(value, ObjectId | int | float | bool) or not isinstance(value, str)
-            else value
-        )
+        return value if isinstance(value, str) else str(value)
     if kind == "datetime" and not isinstance(value, datetime):
         raise PermanentError(f"not a date: {value!r}")
     return value
@@ -138,9 +134,8 @@ class SqlProjection(Handler):
             raise PermanentError(
                 "no fullDocument: run this watcher with full_document: updateLookup"
             )
-        wrapped = ChangeEvent({"d": doc})
         for name, spec in self.specs.items():
-            row[name] = _plain(wrapped.get(f"d.{spec.path}"), spec.type)
+            row[name] = _plain(get_path(doc, spec.path), spec.type)
         return {**row, "deleted": False}
 
     def _upsert(self, row: dict[str, Any]) -> Any:

@@ -28,6 +28,7 @@ from worker import (
     PermanentError,
     SkipEvent,
     TransientError,
+    get_path,
 )
 
 LEDGER = "email_deliveries"
@@ -91,7 +92,7 @@ class WelcomeEmail(Handler):
         if event.operation_type not in o.operations:
             raise SkipEvent(f"{event.operation_type} is not a sign-up")
         doc = dict(event.full_document or {})
-        address = ChangeEvent({"d": doc}).get(f"d.{o.email_field}")
+        address = get_path(doc, o.email_field)
         if not isinstance(address, str) or not address:
             raise PermanentError(f"no email address at '{o.email_field}'")
         try:

@@ -11,7 +11,7 @@ from worker.errors import (
     TransientError,
     WorkerError,
 )
-from worker.events import ChangeEvent, Namespace
+from worker.events import ChangeEvent, Namespace, get_path
 from worker.handler import Handler, HandlerContext, HandlerOptions
 
 __all__ = [
@@ -27,4 +27,5 @@ __all__ = [
     "StopWatcher",
     "TransientError",
     "WorkerError",
+    "get_path",
 ]

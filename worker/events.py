@@ -132,12 +132,17 @@ class ChangeEvent:
 
     def get(self, path: str, default: Any = None) -> Any:
         """Read a dotted path from the raw event, e.g. ``fullDocument.email``."""
-        cur: Any = self.raw
-        for part in path.split("."):
-            if isinstance(cur, Mapping) and part in cur:
-                cur = cur[part]
-            elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
-                cur = cur[int(part)]
-            else:
-                return default
-        return cur
+        return get_path(self.raw, path, default)
+
+
+def get_path(doc: Any, path: str, default: Any = None) -> Any:
+    """Read a dotted path (``a.b.0.c``) from a document; ``default`` when any part is missing."""
+    cur: Any = doc
+    for part in path.split("."):
+        if isinstance(cur, Mapping) and part in cur:
+            cur = cur[part]
+        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            return default
+    return cur
