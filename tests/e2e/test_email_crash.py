@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import email
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from tests.e2e.conftest import wait_until
 from tests.support.harness import WorkerProcess, config_dict, watcher
+from tests.support.smtp import smtp_server
 
 pytestmark = pytest.mark.slow
 
@@ -33,14 +32,9 @@ class Inbox:
 
 @pytest.fixture
 def smtp() -> Iterator[tuple[Inbox, int]]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield inbox, port
-    controller.stop()
+    with smtp_server(inbox) as port:
+        yield inbox, port
 
 
 class TestEmailAcrossCrash:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import email
-import socket
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from pymongo import AsyncMongoClient
 
 from handlers.welcome_email import WelcomeEmail, WelcomeEmailOptions
 from tests.support.harness import unique
+from tests.support.smtp import free_port, smtp_server
 from worker import HandlerContext, PermanentError, SkipEvent, TransientError
 from worker.testing.factories import make_event
 
@@ -32,14 +31,9 @@ class Inbox:
 
 @pytest.fixture
 def smtp() -> Iterator[tuple[Inbox, int]]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield inbox, port
-    controller.stop()
+    with smtp_server(inbox) as port:
+        yield inbox, port
 
 
 @pytest.fixture
@@ -146,8 +140,6 @@ class TestWelcomeEmail:
 
     async def test_unreachable_relay_is_transient(self, ctx: HandlerContext) -> None:
         """A relay that refuses connections is a transient failure."""
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         with pytest.raises(TransientError):
             await handler(port, timeout=2).handle(user(6, name="x", email="e@f.org"), ctx)
