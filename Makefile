@@ -16,6 +16,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 typecheck: install
+	$(PY) tools/typecheck_tree.py >/dev/null
 	$(VENV)/bin/mypy
 
 test: install
@@ -24,7 +25,7 @@ test: install
 bench: install
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) bench/emulator.py
-	$(PY) bench/worker.py
+	$(PY) bench/worker_bench.py
 
 demo: install
 	$(VENV)/bin/changestream-worker demo

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import ClassVar
 
-from worker import ChangeEvent, Handler, HandlerContext
+from changestream_worker import ChangeEvent, Handler, HandlerContext
 
 
 class NoOp(Handler):

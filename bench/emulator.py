@@ -20,7 +20,7 @@ from pymongo import AsyncMongoClient
 # bench/worker.py sits beside this script: keep it from shadowing the `worker` package
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-from worker.testing.emulator import ReplicaSetEmulator
+from changestream_worker.testing.emulator import ReplicaSetEmulator
 
 
 async def read_rate(uri: str, events: int) -> tuple[float, float]:

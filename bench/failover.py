@@ -18,8 +18,8 @@ from typing import Any
 from pymongo import MongoClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from changestream_worker.testing.emulator import ReplicaSetEmulator
 from tests.support.harness import WorkerProcess, config_dict, watcher
-from worker.testing.emulator import ReplicaSetEmulator
 
 
 def owner(state: Any) -> dict[str, Any] | None:

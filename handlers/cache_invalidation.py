@@ -17,7 +17,14 @@ from typing import Any
 
 import redis.asyncio as redis
 
-from worker import ChangeEvent, Handler, HandlerContext, HandlerOptions, SkipEvent, TransientError
+from changestream_worker import (
+    ChangeEvent,
+    Handler,
+    HandlerContext,
+    HandlerOptions,
+    SkipEvent,
+    TransientError,
+)
 
 FIELD = re.compile(r"\{([^{}]+)\}")
 
@@ -35,19 +42,15 @@ class CacheInvalidationOptions(HandlerOptions):
     publish_channel: str | None = None
 
 
-class CacheInvalidation(Handler):
+class CacheInvalidation(Handler[CacheInvalidationOptions]):
     """One pipeline of DEL per event (and an optional PUBLISH of the deleted keys)."""
 
-    Options = CacheInvalidationOptions
-
-    def __init__(self, options: HandlerOptions) -> None:
+    def __init__(self, options: CacheInvalidationOptions) -> None:
         super().__init__(options)
-        assert isinstance(options, CacheInvalidationOptions)
-        self.opts = options
         self.redis: Any = None
 
     async def start(self, ctx: HandlerContext) -> None:
-        self.redis = redis.from_url(self.opts.redis_url)
+        self.redis = redis.from_url(self.options.redis_url)
 
     async def stop(self) -> None:
         if self.redis is not None:
@@ -57,7 +60,7 @@ class CacheInvalidation(Handler):
         """The keys this event makes stale (templates whose paths are missing are left out)."""
         deleted = event.operation_type == "delete"
         out = []
-        for template in self.opts.keys:
+        for template in self.options.keys:
             values = []
             for path in FIELD.findall(template):
                 if deleted and path.startswith("fullDocument."):
@@ -77,8 +80,8 @@ class CacheInvalidation(Handler):
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.delete(*keys)
-                if self.opts.publish_channel:
-                    pipe.publish(self.opts.publish_channel, json.dumps(keys))
+                if self.options.publish_channel:
+                    pipe.publish(self.options.publish_channel, json.dumps(keys))
                 await pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise TransientError(f"redis: {exc}") from exc

@@ -17,7 +17,7 @@ from typing import Any
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import CollectionInvalid, DuplicateKeyError
 
-from worker import ChangeEvent, Handler, HandlerContext, HandlerOptions, SkipEvent
+from changestream_worker import ChangeEvent, Handler, HandlerContext, HandlerOptions, SkipEvent
 
 
 class OrderFulfilmentOptions(HandlerOptions):
@@ -33,19 +33,12 @@ class _Done(Exception):
     pass
 
 
-class OrderFulfilment(Handler):
+class OrderFulfilment(Handler[OrderFulfilmentOptions]):
     """Fulfils or backorders an order when it becomes ``paid``."""
-
-    Options = OrderFulfilmentOptions
-
-    def __init__(self, options: HandlerOptions) -> None:
-        super().__init__(options)
-        assert isinstance(options, OrderFulfilmentOptions)
-        self.opts = options
 
     async def start(self, ctx: HandlerContext) -> None:
         # transactions cannot create collections on every server version: create them first
-        for name in (self.opts.inbox_collection, self.opts.shipments_collection):
+        for name in (self.options.inbox_collection, self.options.shipments_collection):
             with contextlib.suppress(CollectionInvalid):
                 await ctx.database.create_collection(name)
 
@@ -62,7 +55,7 @@ class OrderFulfilment(Handler):
         if not self._became_paid(event):
             raise SkipEvent("the order did not become paid")
         db = ctx.database
-        o = self.opts
+        o = self.options
         orders = db[o.orders_collection or event.namespace.coll or "orders"]
 
         async def apply(session: AsyncClientSession) -> str:

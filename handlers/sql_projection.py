@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from worker import (
+from changestream_worker import (
     ChangeEvent,
     Handler,
     HandlerContext,
@@ -81,15 +81,11 @@ def _plain(value: Any, kind: str) -> Any:
     return value
 
 
-class SqlProjection(Handler):
+class SqlProjection(Handler[SqlProjectionOptions]):
     """Upserts one row per document; deletes leave tombstones."""
 
-    Options = SqlProjectionOptions
-
-    def __init__(self, options: HandlerOptions) -> None:
+    def __init__(self, options: SqlProjectionOptions) -> None:
         super().__init__(options)
-        assert isinstance(options, SqlProjectionOptions)
-        self.opts = options
         self.specs = {
             name: spec if isinstance(spec, ColumnSpec) else ColumnSpec(path=spec)
             for name, spec in options.columns.items()
@@ -109,8 +105,8 @@ class SqlProjection(Handler):
         self.engine: AsyncEngine | None = None
 
     async def start(self, ctx: HandlerContext) -> None:
-        self.engine = create_async_engine(self.opts.url, pool_pre_ping=True)
-        if self.opts.create_table:
+        self.engine = create_async_engine(self.options.url, pool_pre_ping=True)
+        if self.options.create_table:
             async with self.engine.begin() as conn:
                 await conn.run_sync(self.table.metadata.create_all)
 
@@ -124,7 +120,7 @@ class SqlProjection(Handler):
         if ts is None or event.document_id is None:
             raise SkipEvent("not a document change")
         row: dict[str, Any] = {
-            self.opts.key_column: str(event.document_id),
+            self.options.key_column: str(event.document_id),
             "source_ts": (ts.time << 32) | ts.inc,
         }
         if event.operation_type == "delete":
@@ -141,13 +137,13 @@ class SqlProjection(Handler):
     def _upsert(self, row: dict[str, Any]) -> Any:
         assert self.engine is not None
         t = self.table
-        data = [c for c in row if c != self.opts.key_column]
+        data = [c for c in row if c != self.options.key_column]
         if self.engine.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
             stmt = pg_insert(t).values(**row)
             return stmt.on_conflict_do_update(
-                index_elements=[self.opts.key_column],
+                index_elements=[self.options.key_column],
                 set_={c: stmt.excluded[c] for c in data},
                 where=t.c.source_ts < stmt.excluded.source_ts,
             )

@@ -20,7 +20,7 @@ from email_validator import EmailNotValidError, validate_email
 from jinja2.sandbox import SandboxedEnvironment
 from pymongo.errors import DuplicateKeyError
 
-from worker import (
+from changestream_worker import (
     ChangeEvent,
     Handler,
     HandlerContext,
@@ -31,7 +31,7 @@ from worker import (
     get_path,
 )
 
-LEDGER = "email_deliveries"
+LEDGER = "email_deliveries"  # the state collection of its ledger
 
 
 class WelcomeEmailOptions(HandlerOptions):
@@ -58,15 +58,11 @@ def _no_newlines(name: str, value: str) -> str:
     return value
 
 
-class WelcomeEmail(Handler):
+class WelcomeEmail(Handler[WelcomeEmailOptions]):
     """Renders subject, text and HTML from the document and sends them over SMTP."""
 
-    Options = WelcomeEmailOptions
-
-    def __init__(self, options: HandlerOptions) -> None:
+    def __init__(self, options: WelcomeEmailOptions) -> None:
         super().__init__(options)
-        assert isinstance(options, WelcomeEmailOptions)
-        self.opts = options
         self.plain = SandboxedEnvironment(autoescape=False)
         self.markup = SandboxedEnvironment(autoescape=True)
 
@@ -74,7 +70,7 @@ class WelcomeEmail(Handler):
         await ctx.state_database[LEDGER].create_index([("state", 1), ("updated", 1)])
 
     def _message(self, doc: dict[str, Any], to: str, key: str) -> EmailMessage:
-        o = self.opts
+        o = self.options
         subject = _no_newlines("subject", self.plain.from_string(o.subject).render(doc))
         msg = EmailMessage()
         msg["From"] = _no_newlines("sender", o.sender)
@@ -88,7 +84,7 @@ class WelcomeEmail(Handler):
         return msg
 
     async def handle(self, event: ChangeEvent, ctx: HandlerContext) -> None:
-        o = self.opts
+        o = self.options
         if event.operation_type not in o.operations:
             raise SkipEvent(f"{event.operation_type} is not a sign-up")
         doc = dict(event.full_document or {})
@@ -124,7 +120,7 @@ class WelcomeEmail(Handler):
         ctx.log.info("welcome_email_sent", template=o.template_id, message_id=message["Message-ID"])
 
     async def _send(self, message: EmailMessage) -> None:
-        o = self.opts
+        o = self.options
         try:
             await aiosmtplib.send(
                 message,

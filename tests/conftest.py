@@ -90,7 +90,7 @@ def _replica_set() -> Iterator[tuple[str, str]]:
         with _container_replica_set() as uri:
             yield uri, "mongodb"
         return
-    from worker.testing.emulator import ReplicaSetEmulator
+    from changestream_worker.testing.emulator import ReplicaSetEmulator
 
     rs = ReplicaSetEmulator(port=0)
     rs.start_in_thread()

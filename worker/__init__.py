@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from worker.errors import (
+from changestream_worker.errors import (
+    BatchItemFailures,
     ConfigError,
     PermanentError,
     RetryEvent,
@@ -11,10 +12,11 @@ from worker.errors import (
     TransientError,
     WorkerError,
 )
-from worker.events import ChangeEvent, Namespace, get_path
-from worker.handler import Handler, HandlerContext, HandlerOptions
+from changestream_worker.events import ChangeEvent, Namespace, get_path
+from changestream_worker.handler import Handler, HandlerContext, HandlerOptions
 
 __all__ = [
+    "BatchItemFailures",
     "ChangeEvent",
     "ConfigError",
     "Handler",

@@ -1,5 +1,5 @@
-"""``python -m worker`` runs the CLI."""
+"""``python -m changestream_worker`` runs the CLI."""
 
-from worker.cli import main
+from changestream_worker.cli.main import main
 
 raise SystemExit(main())

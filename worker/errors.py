@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class WorkerError(Exception):
     """Base class of every error the worker raises on purpose."""
@@ -53,9 +55,40 @@ class StopWatcher(HandlerControl):
         super().__init__(reason)
 
 
+class BatchItemFailures(HandlerControl):
+    """Raised by ``handle_batch``: these events of the batch failed, the others are done.
+
+    Args:
+        failures: the failed events' indexes in the batch, each with its error (an
+            exception, or a text taken as a ``PermanentError``).
+    """
+
+    def __init__(self, failures: Mapping[int, BaseException | str]) -> None:
+        self.failures: dict[int, BaseException] = {
+            int(i): e if isinstance(e, BaseException) else PermanentError(e)
+            for i, e in failures.items()
+        }
+        super().__init__(f"{len(self.failures)} event(s) of the batch failed")
+
+
 class TransientError(WorkerError):
     """A handler failure worth retrying (a timeout, a 4xx from a relay, a lost connection)."""
 
 
 class PermanentError(WorkerError):
     """A handler failure that retrying cannot fix: the event goes to dead letters at once."""
+
+
+class MissingExtraError(WorkerError):
+    """A handler type needs an optional dependency that is not installed.
+
+    Args:
+        extra: the name of the extra that brings it (``redis``, ``sql``, ...).
+        module: the module that could not be imported.
+    """
+
+    def __init__(self, extra: str, module: str) -> None:
+        self.extra, self.module = extra, module
+        super().__init__(
+            f"needs the optional dependency '{module}': pip install 'changestream-worker[{extra}]'"
+        )

@@ -19,7 +19,7 @@ RECORDER = "tests.support.recorder:Recorder"
 def cli(
     *args: str, env: dict[str, str] | None = None, cwd: Path = REPO
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m worker ARGS` with a clean set of config variables."""
+    """Run `python -m changestream_worker ARGS` with a clean set of config variables."""
     base = {
         k: v
         for k, v in os.environ.items()
@@ -27,7 +27,7 @@ def cli(
     }
     base["PYTHONPATH"] = str(REPO)
     return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
+        [sys.executable, "-m", "changestream_worker", *args],
         capture_output=True,
         text=True,
         env={**base, **(env or {})},

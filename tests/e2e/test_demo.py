@@ -16,7 +16,7 @@ class TestDemo:
     def test_demo_runs_sends_emails_and_fulfils_orders(self, tmp_path: Path) -> None:
         """The demo exits 0, prints where to look, and its outbox fills with one email per user."""
         proc = subprocess.run(
-            [sys.executable, "-m", "worker", "demo", "--duration", "4"],
+            [sys.executable, "-m", "changestream_worker", "demo", "--duration", "4"],
             capture_output=True,
             text=True,
             timeout=90,

@@ -9,9 +9,9 @@ import pytest
 import structlog
 from pymongo import AsyncMongoClient
 
-from handlers.order_fulfilment import OrderFulfilment, OrderFulfilmentOptions
+from changestream_worker import ChangeEvent, HandlerContext, SkipEvent
+from changestream_worker.handlers.order_fulfilment import OrderFulfilment, OrderFulfilmentOptions
 from tests.support.harness import unique
-from worker import ChangeEvent, HandlerContext, SkipEvent
 
 STOCK = {"a": 5, "b": 5, "c": 3}
 

@@ -13,9 +13,9 @@ from bson import Timestamp
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from handlers.sql_projection import SqlProjection, SqlProjectionOptions
+from changestream_worker import ChangeEvent, HandlerContext
+from changestream_worker.handlers.sql_projection import SqlProjection, SqlProjectionOptions
 from tests.support.harness import unique
-from worker import ChangeEvent, HandlerContext
 
 URLS = {
     "postgresql": os.environ.get(

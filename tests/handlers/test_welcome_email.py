@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from handlers.welcome_email import WelcomeEmail, WelcomeEmailOptions
+from changestream_worker import HandlerContext, PermanentError, SkipEvent, TransientError
+from changestream_worker.handlers.welcome_email import WelcomeEmail, WelcomeEmailOptions
+from changestream_worker.testing.factories import make_event
 from tests.support.harness import unique
 from tests.support.smtp import free_port, smtp_server
-from worker import HandlerContext, PermanentError, SkipEvent, TransientError
-from worker.testing.factories import make_event
 
 
 class Inbox:

@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from worker.settings import Settings
-from worker.supervisor import Supervisor
+from changestream_worker.config.models import Settings
+from changestream_worker.service.supervisor import Supervisor
 
 REPO = Path(__file__).resolve().parents[2]
 RECORDER = "tests.support.recorder:Recorder"
@@ -107,7 +107,7 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "run", "-c", str(self.path)],
+            [sys.executable, "-m", "changestream_worker", "run", "-c", str(self.path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,

@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any
 
-from worker import ChangeEvent, Handler, HandlerContext, HandlerOptions, PermanentError
+from changestream_worker import ChangeEvent, Handler, HandlerContext, HandlerOptions, PermanentError
 
 
 class RecorderOptions(HandlerOptions):

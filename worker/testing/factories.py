@@ -9,7 +9,7 @@ from typing import Any
 
 from bson import Timestamp
 
-from worker.events import ChangeEvent
+from changestream_worker.events import ChangeEvent
 
 BASE_SECONDS = 1_700_000_000
 _counter = itertools.count()

@@ -6,7 +6,7 @@ import asyncio
 import signal
 import sys
 
-from worker.testing.emulator.server import ReplicaSetEmulator
+from changestream_worker.testing.emulator.server import ReplicaSetEmulator
 
 __all__ = ["ReplicaSetEmulator", "serve"]
 

@@ -9,9 +9,9 @@ from bson import Int64, Timestamp
 from mongomock import aggregate as mm_aggregate
 from mongomock import filtering
 
-from worker.testing.emulator import compat
-from worker.testing.emulator.errors import CommandError, unknown_field
-from worker.testing.emulator.store import INTERNAL_DBS, OplogEntry, Store
+from changestream_worker.testing.emulator import compat
+from changestream_worker.testing.emulator.errors import CommandError, unknown_field
+from changestream_worker.testing.emulator.store import INTERNAL_DBS, OplogEntry, Store
 
 compat.install()
 

@@ -9,11 +9,11 @@ from typing import Any
 from bson import Int64
 from mongomock import filtering
 
-from worker.testing.emulator import docops
-from worker.testing.emulator.changestream import KNOWN_STAGES, ChangeStream
-from worker.testing.emulator.context import Ctx, check_fields, command
-from worker.testing.emulator.cursors import first_batch
-from worker.testing.emulator.errors import CommandError, unsupported
+from changestream_worker.testing.emulator import docops
+from changestream_worker.testing.emulator.changestream import KNOWN_STAGES, ChangeStream
+from changestream_worker.testing.emulator.context import Ctx, check_fields, command
+from changestream_worker.testing.emulator.cursors import first_batch
+from changestream_worker.testing.emulator.errors import CommandError, unsupported
 
 
 def _write_error(i: int, exc: docops.WriteFailure) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from bson.max_key import MaxKey
 from bson.min_key import MinKey
 from mongomock import filtering
 
-from worker.testing.emulator import hashing
+from changestream_worker.testing.emulator import hashing
 
 
 def install() -> None:

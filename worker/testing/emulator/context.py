@@ -6,11 +6,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from worker.testing.emulator.errors import unknown_field
+from changestream_worker.testing.emulator.errors import unknown_field
 
 if TYPE_CHECKING:
-    from worker.testing.emulator.server import Connection, ReplicaSetEmulator
-    from worker.testing.emulator.sessions import Workspace
+    from changestream_worker.testing.emulator.server import Connection, ReplicaSetEmulator
+    from changestream_worker.testing.emulator.sessions import Workspace
 
 GENERIC = {
     "$db",

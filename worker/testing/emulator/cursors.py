@@ -6,8 +6,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.testing.emulator.changestream import ChangeStream
-from worker.testing.emulator.errors import CommandError
+from changestream_worker.testing.emulator.changestream import ChangeStream
+from changestream_worker.testing.emulator.errors import CommandError
 
 
 @dataclass

@@ -7,8 +7,8 @@ from typing import Any
 import mongomock
 from bson import ObjectId
 
-from worker.testing.emulator.errors import unsupported
-from worker.testing.emulator.store import Change, update_description
+from changestream_worker.testing.emulator.errors import unsupported
+from changestream_worker.testing.emulator.store import Change, update_description
 
 UPDATE_OPERATORS = {
     "$set",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.testing.emulator.errors import CommandError
+from changestream_worker.testing.emulator.errors import CommandError
 
 KNOWN = {"failCommand", "failGetMoreAfterCursorCheckout"}
 DATA_FIELDS = {

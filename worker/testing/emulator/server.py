@@ -13,13 +13,17 @@ import structlog
 from bson import Binary, Int64, ObjectId
 from pymongo.errors import OperationFailure
 
-from worker.testing.emulator import cmd_admin, cmd_crud, cmd_ddl, wire  # noqa: F401  (registers commands)
-from worker.testing.emulator.context import COMMANDS, WRITES, Ctx
-from worker.testing.emulator.cursors import Cursors
-from worker.testing.emulator.errors import RESUMABLE_CHANGE_STREAM, RETRYABLE_WRITE, CommandError
-from worker.testing.emulator.failpoints import FailPoints
-from worker.testing.emulator.sessions import Sessions
-from worker.testing.emulator.store import Store
+from changestream_worker.testing.emulator import cmd_admin, cmd_crud, cmd_ddl, wire  # noqa: F401  (registers commands)
+from changestream_worker.testing.emulator.context import COMMANDS, WRITES, Ctx
+from changestream_worker.testing.emulator.cursors import Cursors
+from changestream_worker.testing.emulator.errors import (
+    RESUMABLE_CHANGE_STREAM,
+    RETRYABLE_WRITE,
+    CommandError,
+)
+from changestream_worker.testing.emulator.failpoints import FailPoints
+from changestream_worker.testing.emulator.sessions import Sessions
+from changestream_worker.testing.emulator.store import Store
 
 log = structlog.get_logger("emulator")
 # Commands a stepped-down node still answers.

@@ -9,8 +9,8 @@ import bson
 import mongomock
 from bson import Timestamp
 
-from worker.testing.emulator.errors import CommandError
-from worker.testing.emulator.store import Change, Store, key_bytes
+from changestream_worker.testing.emulator.errors import CommandError
+from changestream_worker.testing.emulator.store import Change, Store, key_bytes
 
 TRANSIENT = ["TransientTransactionError"]
 

@@ -15,7 +15,7 @@ import bson
 import mongomock
 from bson import Binary, Timestamp
 
-from worker.testing.emulator.errors import CommandError
+from changestream_worker.testing.emulator.errors import CommandError
 
 INTERNAL_DBS = ("admin", "config", "local")
 

@@ -1,0 +1,1 @@
+"""Configuration: the YAML models, loading with ${ENV}, durations, handler types."""

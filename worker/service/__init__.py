@@ -1,0 +1,1 @@
+"""The running service: supervisor, coordination between replicas, HTTP endpoints."""

@@ -1,0 +1,1 @@
+"""The only code that names the worker's state collections."""

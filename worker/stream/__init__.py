@@ -1,0 +1,1 @@
+"""The flow of one watcher's events: source, dispatch, retry, position, checkpointer."""
