@@ -13,8 +13,8 @@ import structlog
 from bson import Binary, Int64, ObjectId
 from pymongo.errors import OperationFailure
 
-from changestream_worker.testing.emulator import cmd_admin, cmd_crud, cmd_ddl, wire  # noqa: F401  (registers commands)
-from changestream_worker.testing.emulator.context import COMMANDS, WRITES, Ctx
+from changestream_worker.testing.emulator import cmd_admin, cmd_crud, cmd_ddl, registry, wire
+from changestream_worker.testing.emulator.context import Ctx
 from changestream_worker.testing.emulator.cursors import Cursors
 from changestream_worker.testing.emulator.errors import (
     RESUMABLE_CHANGE_STREAM,
@@ -48,6 +48,8 @@ ANY_STATE = {
     "emulatorTruncateOplog",
 }
 TXN_END = {"commitTransaction", "abortTransaction"}
+# Every command the server answers: the command modules, listed here and nowhere else.
+COMMANDS = registry.table(cmd_admin, cmd_crud, cmd_ddl)
 RETRYABLE_COMMANDS = {"insert", "update", "delete", "findAndModify", "findandmodify"}
 
 
@@ -348,7 +350,8 @@ class ReplicaSetEmulator:
                     extra=fail.get("errorExtraInfo"),
                 )
         if name not in ANY_STATE and not self.is_primary:
-            if name in WRITES or cmd.get("autocommit") is not None or name == "commitTransaction":
+            writes = name in COMMANDS.writes or name == "commitTransaction"
+            if writes or cmd.get("autocommit") is not None:
                 raise CommandError(10107, "not primary")
             raise CommandError(13435, "not primary and secondaryOk=false")
         sessions = self.sessions
