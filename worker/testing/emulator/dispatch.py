@@ -233,7 +233,7 @@ class Dispatcher:
     ) -> dict[str, Any]:
         """Accept create/createIndexes in a transaction; they run against the data at commit."""
         coll = cmd[name]
-        pending = {c[name] for n, c in txn.ddl if n == "create"}
+        pending = {c["create"] for n, c in txn.ddl if n == "create"}
         exists = ctx.store.exists(ctx.db, coll) or coll in pending
         if name == "create" and exists:
             raise CommandError(48, f"Collection {ctx.db}.{coll} already exists.")
