@@ -49,7 +49,7 @@ class TestRetryableWriteLabel:
             spec = fail_command({"times": 1}, failCommands=["insert"], appName=app, errorCode=262)
             async with client.start_session() as s, fail_point(client, spec):
                 with pytest.raises(OperationFailure) as caught:
-                    await _insert(client[db.name], s, txnNumber=Int64(1))
+                    await _insert(client[db.name], s, txnNumber=Int64(1000))
         assert caught.value.code == 262
         assert _labels(caught.value) == ["RetryableWriteError"]
 
@@ -70,7 +70,7 @@ class TestRetryableWriteLabel:
             spec = fail_command({"times": 1}, failCommands=["insert"], appName=app, errorCode=2)
             async with client.start_session() as s, fail_point(client, spec):
                 with pytest.raises(OperationFailure) as caught:
-                    await _insert(client[db.name], s, txnNumber=Int64(1))
+                    await _insert(client[db.name], s, txnNumber=Int64(1000))
         assert _labels(caught.value) is None
 
     async def test_retryable_write_concern_error(self, mongo_uri: str, db: Db) -> None:
@@ -82,7 +82,7 @@ class TestRetryableWriteLabel:
                 {"times": 1}, failCommands=["insert"], appName=app, writeConcernError=wce
             )
             async with client.start_session() as s, fail_point(client, spec):
-                reply = await _insert(client[db.name], s, txnNumber=Int64(1))
+                reply = await _insert(client[db.name], s, txnNumber=Int64(1000))
         assert (reply["ok"], reply["n"], reply["writeConcernError"]["code"]) == (1.0, 1, 91)
         assert reply["errorLabels"] == ["RetryableWriteError"]
 
@@ -95,7 +95,7 @@ class TestRetryableWriteLabel:
                 {"times": 1}, failCommands=["insert"], appName=app, writeConcernError=wce
             )
             async with client.start_session() as s, fail_point(client, spec):
-                reply = await _insert(client[db.name], s, txnNumber=Int64(1))
+                reply = await _insert(client[db.name], s, txnNumber=Int64(1000))
         assert reply["writeConcernError"]["code"] == 64
         assert "errorLabels" not in reply
 
@@ -112,7 +112,7 @@ class TestLiteralLabels:
             )
             async with client.start_session() as s, fail_point(client, spec):
                 with pytest.raises(OperationFailure) as caught:
-                    await _insert(client[db.name], s, txnNumber=Int64(1))
+                    await _insert(client[db.name], s, txnNumber=Int64(1000))
         assert caught.value.details is not None
         assert "errorLabels" not in caught.value.details
 
@@ -129,7 +129,7 @@ class TestLiteralLabels:
             )
             async with client.start_session() as s, fail_point(client, spec):
                 with pytest.raises(OperationFailure) as caught:
-                    await _insert(client[db.name], s, txnNumber=Int64(1))
+                    await _insert(client[db.name], s, txnNumber=Int64(1000))
         assert _labels(caught.value) == ["SomeLabel"]
 
     async def test_code_name(self, mongo_uri: str, db: Db) -> None:
