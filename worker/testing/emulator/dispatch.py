@@ -27,7 +27,8 @@ from changestream_worker.testing.emulator.sessions import Transaction, Workspace
 
 log = structlog.get_logger("emulator")
 # Every command the server answers: the command modules, listed here and nowhere else.
-COMMANDS = registry.table(cmd_admin, cmd_crud, cmd_ddl)
+MODULES = (cmd_admin, cmd_crud, cmd_ddl)
+COMMANDS = registry.table(*MODULES)
 # Commands a stepped-down node still answers.
 ANY_STATE = {
     "hello",
@@ -78,8 +79,9 @@ def _from_engine(exc: OperationFailure) -> CommandError:
 class Dispatcher:
     """Runs one command for one connection and shapes its reply."""
 
-    def __init__(self, server: ServerView) -> None:
+    def __init__(self, server: ServerView, commands: registry.Table = COMMANDS) -> None:
         self.server = server
+        self.commands = commands
 
     async def execute(self, conn: ClientConnection, request: wire.Request) -> dict[str, Any]:
         cmd = request.command
@@ -139,7 +141,7 @@ class Dispatcher:
         self, conn: ClientConnection, name: str, db: str, cmd: dict[str, Any]
     ) -> dict[str, Any]:
         server = self.server
-        handler = COMMANDS.get(name)
+        handler = self.commands.get(name)
         if handler is None:
             raise CommandError(59, f"no such command: '{name}'")
         fail = server.failpoints.fail_command(name, conn.app_name)
@@ -152,7 +154,7 @@ class Dispatcher:
         ):
             raise CommandError(50, "operation exceeded time limit")
         if name not in ANY_STATE and not server.is_primary:
-            writes = name in COMMANDS.writes or name == "commitTransaction"
+            writes = name in self.commands.writes or name == "commitTransaction"
             if writes or cmd.get("autocommit") is not None:
                 raise CommandError(10107, "not primary")
             raise CommandError(13435, "not primary and secondaryOk=false")
@@ -258,7 +260,7 @@ class Dispatcher:
             return
         live: Workspace = sessions.live
         for name, ddl in txn.ddl:
-            handler = COMMANDS.get(name)
+            handler = self.commands.get(name)
             assert handler is not None  # DDL_IN_TXN names are registered commands
             try:
                 await handler(Ctx(self.server, conn, str(ddl["$db"]), live), ddl)
