@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from pymongo.errors import ConnectionFailure, PyMongoError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
-from tenacity.wait import wait_base
+from tenacity.wait import wait_base, wait_exponential_jitter
 
 from changestream_worker.errors import RetryEvent, SkipEvent, StopWatcher, TransientError
 
@@ -64,6 +64,20 @@ class Backoff(wait_base):
             delay = self.maximum
         # jitter spreads retries of many lanes hitting the same outage
         return min(delay + random.uniform(0, self.initial), self.maximum)
+
+
+def backoff(initial: float, maximum: float) -> Callable[[int], float]:
+    """The one backoff schedule (tenacity's exponential wait with jitter) as a function of
+    the attempt number (1, 2, ...), for loops that are not tenacity retries: reopening a
+    stream, restarting a crashed watcher, waiting for MongoDB."""
+    wait = wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)
+
+    def delay(attempt: int) -> float:
+        state = RetryCallState(AsyncRetrying(), None, (), {})
+        state.attempt_number = max(1, attempt)
+        return min(float(wait(state)), maximum)
+
+    return delay
 
 
 @dataclass(slots=True)
