@@ -18,6 +18,7 @@ from changestream_worker.errors import StopWatcher
 from changestream_worker.events import ChangeEvent
 from changestream_worker.state.checkpoints import Checkpoint, Checkpointer, CheckpointStore
 from changestream_worker.stream.dispatch import Dispatcher, LeaseLost
+from changestream_worker.stream.gauges import StreamGauges
 from changestream_worker.stream.retry import backoff
 from changestream_worker.stream.snapshot import Snapshot
 from changestream_worker.stream.source import (
@@ -93,6 +94,7 @@ class Watcher:
         self.spec, self.ws, self.db, self.name = spec, spec.ws, database, spec.name
         self.epoch = spec.epoch
         self.dispatcher, self.store, self.metrics = dispatcher, store, metrics
+        self.gauges = StreamGauges(metrics, self.name)
         target = self.db if self.ws.collection is None else self.db[self.ws.collection]
         self.source = ChangeSource(target, self.ws, build_pipeline(self.ws, spec.extra_stages))
         self.stopping = asyncio.Event()
@@ -175,7 +177,7 @@ class Watcher:
                             self.dispatcher.mark_idle(fresh)
                             await self.checkpointer.flush()
                         self.state, self.reason = "running", ""
-                        self._set_up(True)
+                        self.gauges.up(True)
                         await self._read(stream)
                         failures = 0
                         if stream.alive or self.stopping.is_set():
@@ -194,7 +196,7 @@ class Watcher:
                     resume, at = await self._reopen("network_error", exc, failures)
                 self._check_dispatcher()
         finally:
-            self._set_up(False)
+            self.gauges.up(False)
             await self._finish()
         self._check_dispatcher()
         if self.checkpointer.fenced:
@@ -218,17 +220,16 @@ class Watcher:
                 if isinstance(item, Idle):
                     if item.token is not None:
                         self.dispatcher.mark_idle(item.token)
-                    self._observe_idle()
+                    self.gauges.idle()
                     continue
                 if item.get("operationType") == "invalidate":
                     self.last_token = item["_id"]
                     self.log.warning("watcher_invalidated", policy=self.ws.on_invalidate)
-                    if self.metrics is not None:
-                        self.metrics.resumes_total.labels(self.name, "invalidate").inc()
+                    self.gauges.resumed("invalidate")
                     continue
                 event = ChangeEvent(item)
                 self.last_token = event.token
-                self._observe(event)
+                self.gauges.received(event)
                 await self.dispatcher.submit(event)
         finally:
             pump.cancel()
@@ -250,8 +251,7 @@ class Watcher:
     ) -> tuple[Mapping[str, Any] | None, Timestamp | None]:
         self.state, self.reason = "resuming", f"{reason}: {exc}"
         self.log.warning("watcher_resuming", reason=reason, error=str(exc)[:300])
-        if self.metrics is not None:
-            self.metrics.resumes_total.labels(self.name, reason).inc()
+        self.gauges.resumed(reason)
         await self._sleep(self.reopen_delay(failures))
         if self.last_token is not None:
             return self.last_token, None
@@ -264,8 +264,7 @@ class Watcher:
         cp = await self.store.load(self.name)
         since = cp.cluster_time if cp is not None else None
         policy = self.ws.on_history_lost
-        if self.metrics is not None:
-            self.metrics.resumes_total.labels(self.name, "history_lost").inc()
+        self.gauges.resumed("history_lost")
         if policy == "fail":
             self.log.error(
                 "watcher_history_lost", policy=policy, lost_since=_iso(since), error=str(exc)[:300]
@@ -287,29 +286,6 @@ class Watcher:
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), seconds)
-
-    def _set_up(self, up: bool) -> None:
-        if self.metrics is not None:
-            self.metrics.watcher_up.labels(self.name).set(1 if up else 0)
-
-    def _observe(self, event: ChangeEvent) -> None:
-        m = self.metrics
-        if m is None:
-            return
-        m.child(m.events_received_total, self.name, event.operation_type).inc()
-        wall = event.wall_time
-        ts = wall.timestamp() if wall else (event.cluster_time.time if event.cluster_time else None)
-        now = time.time()
-        if ts is not None:
-            m.child(m.lag_seconds, self.name).set(max(0.0, now - ts))
-        m.child(m.last_batch_timestamp_seconds, self.name).set(now)
-
-    def _observe_idle(self) -> None:
-        if self.metrics is None:
-            return
-        # an empty batch means the stream has caught up: lag is zero, the heartbeat moves
-        self.metrics.lag_seconds.labels(self.name).set(0.0)
-        self.metrics.last_batch_timestamp_seconds.labels(self.name).set(time.time())
 
     async def _finish(self) -> None:
         drained = await self.dispatcher.drain(self.spec.shutdown_timeout)
