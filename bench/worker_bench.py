@@ -34,6 +34,7 @@ import psutil
 from pymongo import AsyncMongoClient
 
 from changestream_worker.config.models import Settings
+from changestream_worker.logs import configure_logging
 from changestream_worker.service.supervisor import Supervisor
 
 HERE = Path(__file__).resolve().parent
@@ -204,7 +205,8 @@ async def bench_rss(client: Any, uri: str, out: dict[str, Any]) -> None:
 
 async def bench_latency(client: Any, uri: str, out: dict[str, Any]) -> None:
     bench_handlers.Latency.samples = []
-    sup = Supervisor(Settings.model_validate(config(uri, "e", "Latency", 64, "now")))
+    _, start = await prepare(client, "e", [])
+    sup = Supervisor(Settings.model_validate(config(uri, "e", "Latency", 64, start)))
     await sup.start()
     await asyncio.sleep(1.0)  # the stream is open before the first insert
     coll = client.e.items
@@ -217,11 +219,13 @@ async def bench_latency(client: Any, uri: str, out: dict[str, Any]) -> None:
         i += 10
         next_at += 0.01
         await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
-    while bench_handlers.Latency.done < i:  # noqa: ASYNC110 - polling a counter in a bench
+    deadline = time.perf_counter() + 60
+    while bench_handlers.Latency.done < i and time.perf_counter() < deadline:  # noqa: ASYNC110 - polling a counter in a bench
         await asyncio.sleep(0.01)
     await sup.shutdown()
     s = sorted(bench_handlers.Latency.samples)
     out["e_latency_rate_events_per_s"] = round(i / 5.0)
+    out["e_latency_handled"] = f"{bench_handlers.Latency.done}/{i}"
     out["e_latency_p50_ms"] = round(s[len(s) // 2] * 1000, 1)
     out["e_latency_p99_ms"] = round(s[int(len(s) * 0.99)] * 1000, 1)
 
@@ -257,6 +261,7 @@ async def main() -> None:
     parser.add_argument("--only", default="a,b,c,d,e")
     args = parser.parse_args()
     only = set(args.only.split(","))
+    configure_logging("json", "warning", stream=sys.stderr)
     emulator, uri = start_emulator()
     # start times below have one-second resolution: begin in a later second than the
     # emulator's history, as a real deployment's oplog would be older than "now"
@@ -269,16 +274,17 @@ async def main() -> None:
         "reps": args.reps,
     }
     try:
-        if "a" in only:
-            await bench_noop(client, uri, args.reps, out, "a")
-        if "b" in only:
-            await bench_speedup(client, uri, args.reps, out)
-        if "c" in only:
-            await bench_batched(client, uri, args.reps, out)
-        if "d" in only:
-            await bench_rss(client, uri, out)
-        if "e" in only:
-            await bench_latency(client, uri, out)
+        sections = {
+            "a": lambda: bench_noop(client, uri, args.reps, out, "a"),
+            "b": lambda: bench_speedup(client, uri, args.reps, out),
+            "c": lambda: bench_batched(client, uri, args.reps, out),
+            "d": lambda: bench_rss(client, uri, out),
+            "e": lambda: bench_latency(client, uri, out),
+        }
+        for name, section in sections.items():
+            if name in only:
+                await section()
+                print(json.dumps(out), file=sys.stderr, flush=True)  # progress, in case
         if args.hog:
             busy = hogs()
             try:
