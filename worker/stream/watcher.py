@@ -14,10 +14,10 @@ import structlog
 from bson import Timestamp
 from pymongo.errors import ConnectionFailure, OperationFailure
 
-from changestream_worker.errors import StopWatcher
 from changestream_worker.events import ChangeEvent
-from changestream_worker.state.checkpoints import Checkpoint, Checkpointer, CheckpointStore
-from changestream_worker.stream.dispatch import Dispatcher, LeaseLost
+from changestream_worker.state.checkpoints import Checkpoint, CheckpointStore
+from changestream_worker.stream.checkpointer import Checkpointer
+from changestream_worker.stream.dispatch import Dispatcher
 from changestream_worker.stream.gauges import StreamGauges
 from changestream_worker.stream.retry import backoff
 from changestream_worker.stream.snapshot import Snapshot
@@ -29,6 +29,7 @@ from changestream_worker.stream.source import (
     cluster_time_now,
     timestamp_of,
 )
+from changestream_worker.stream.stops import WatcherStopped as WatcherStopped  # re-exported
 
 if TYPE_CHECKING:
     from pymongo.asynchronous.change_stream import AsyncChangeStream
@@ -39,16 +40,6 @@ if TYPE_CHECKING:
 
 HISTORY_LOST = 286
 log = structlog.get_logger("changestream_worker.stream.watcher")
-
-
-class WatcherStopped(Exception):
-    """The watcher stopped on purpose (policy or handler); ``expected`` keeps it ready."""
-
-    def __init__(self, reason: str, expected: bool, fenced: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.expected = expected
-        self.fenced = fenced
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,14 +139,7 @@ class Watcher:
         return None, at
 
     def _check_dispatcher(self) -> None:
-        stopped = self.dispatcher.stopped
-        if stopped is None:
-            return
-        if isinstance(stopped, LeaseLost):
-            raise WatcherStopped(str(stopped), expected=True, fenced=True)
-        if isinstance(stopped, StopWatcher):
-            raise WatcherStopped(f"a handler stopped the watcher: {stopped.reason}", True)
-        raise WatcherStopped(f"handler failure: {type(stopped).__name__}: {stopped}", False)
+        self.dispatcher.check()
 
     async def run(self) -> None:
         """Read, dispatch and checkpoint until asked to stop or a policy stops the watcher."""
@@ -291,7 +275,7 @@ class Watcher:
         drained = await self.dispatcher.drain(self.spec.shutdown_timeout)
         if not drained:
             self.log.warning("watcher_drain_timeout", in_flight=self.dispatcher.in_flight)
-            await self.dispatcher.aclose()
+        await self.dispatcher.aclose()  # the lane workers end here, drained or not
         await asyncio.shield(self.checkpointer.stop())
 
 
