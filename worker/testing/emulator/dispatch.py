@@ -153,11 +153,8 @@ class Dispatcher:
             and server.failpoints.fire("maxTimeAlwaysTimeOut") is not None
         ):
             raise CommandError(50, "operation exceeded time limit")
-        if name not in ANY_STATE and not server.is_primary:
-            writes = name in self.commands.writes or name == "commitTransaction"
-            if writes or cmd.get("autocommit") is not None:
-                raise CommandError(10107, "not primary")
-            raise CommandError(13435, "not primary and secondaryOk=false")
+        if name not in ANY_STATE and not server.writable(conn):
+            self._check_secondary(conn, name, cmd)
         sessions = server.sessions
         in_txn = cmd.get("lsid") is not None and cmd.get("autocommit") is not None
         record = None
@@ -181,6 +178,17 @@ class Dispatcher:
         if not in_txn:
             self._snapshot_time(cmd, reply)
         return self._with_wce(reply, fail, name, cmd)
+
+    def _check_secondary(self, conn: ClientConnection, name: str, cmd: dict[str, Any]) -> None:
+        """Refuse what a secondary (or a stepped-down primary) may not run."""
+        writes = name in self.commands.writes or name == "commitTransaction"
+        if writes or cmd.get("autocommit") is not None:
+            raise CommandError(10107, "not primary")
+        mode = (cmd.get("$readPreference") or {}).get("mode", "primary")
+        # a member that is a secondary by configuration serves reads that allow one; a
+        # stepped-down primary's reads are refused so clients move on to the new primary
+        if conn.member == 0 or mode == "primary":
+            raise CommandError(13435, "not primary and secondaryOk=false")
 
     async def _fail_command(self, fail: dict[str, Any]) -> None:
         if fail.get("blockConnection"):
