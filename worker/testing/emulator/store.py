@@ -1,4 +1,4 @@
-"""The emulator's data: documents (kept by mongomock), collection metadata, the oplog, clock."""
+"""The emulator's data: documents (in the engine), collection metadata, the oplog, the clock."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import bson
-import mongomock
 from bson import Binary, Timestamp
 
+from changestream_worker.testing.emulator.engine import Collection, Engine
 from changestream_worker.testing.emulator.errors import CommandError
 
 INTERNAL_DBS = ("admin", "config", "local")
@@ -136,7 +136,7 @@ class Store:
     """Documents, metadata and the oplog of the one-member replica set."""
 
     def __init__(self) -> None:
-        self.data: Any = mongomock.MongoClient()
+        self.data = Engine()
         self.clock = Clock()
         self.meta: dict[tuple[str, str], dict[str, Any]] = {}
         self.oplog: list[OplogEntry] = []
@@ -146,7 +146,7 @@ class Store:
         self._new_data = asyncio.Event()
 
     # ---- metadata ---------------------------------------------------------------
-    def collection(self, db: str, coll: str) -> Any:
+    def collection(self, db: str, coll: str) -> Collection:
         return self.data[db][coll]
 
     def exists(self, db: str, coll: str) -> bool:
@@ -163,10 +163,7 @@ class Store:
             "options": dict(options or {}),
             "created": self.clock.last,
         }
-        # mongomock creates lazily; make the collection visible to listCollections at once
-        self.data[db].create_collection(coll) if coll not in self.data[
-            db
-        ].list_collection_names() else None
+        self.data[db].setdefault(coll, Collection(db, coll))
         self.append(
             OplogEntry(
                 self.clock.tick(),
@@ -262,14 +259,14 @@ class Store:
         if (db, coll) not in self.meta:
             return False
         meta = self.meta.pop((db, coll))
-        self.data[db].drop_collection(coll)
+        self.data.drop(db, coll)
         self.append(OplogEntry(self.clock.tick(), 0, "drop", db, coll, _now(), uuid=meta["uuid"]))
         return True
 
     def drop_database(self, db: str) -> None:
         for coll in self.collections(db):
             self.drop(db, coll)
-        self.data.drop_database(db)
+        self.data.pop(db, None)
         self.append(OplogEntry(self.clock.tick(), 0, "dropDatabase", db, None, _now()))
 
     def rename(self, db: str, coll: str, to_db: str, to_coll: str, drop_target: bool) -> None:
@@ -279,19 +276,9 @@ class Store:
             if not drop_target:
                 raise CommandError(48, "target namespace exists")
             self.drop(to_db, to_coll)
-        docs = list(self.data[db][coll].find())
-        indexes = self.data[db][coll].index_information()
-        target = self.data[to_db][to_coll]
-        if docs:
-            target.insert_many(docs)
-        for name, info in indexes.items():
-            if name != "_id_":
-                target.create_index(
-                    info["key"],
-                    name=name,
-                    **{k: v for k, v in info.items() if k in ("unique", "expireAfterSeconds")},
-                )
-        self.data[db].drop_collection(coll)
+        moved = self.data[db].pop(coll)
+        moved.db, moved.name = to_db, to_coll
+        self.data[to_db][to_coll] = moved
         meta = self.meta.pop((db, coll))
         self.meta[(to_db, to_coll)] = meta
         self.append(
