@@ -7,13 +7,14 @@ from typing import Any
 from bson import Timestamp
 from bson.max_key import MaxKey
 from bson.min_key import MinKey
+from mongomock import aggregate as mm_aggregate
 from mongomock import filtering
 
 from changestream_worker.testing.emulator import hashing
 
 
 def install() -> None:
-    """Patch mongomock once: compare Timestamps, MinKey and MaxKey in BSON order."""
+    """Patch mongomock once: BSON order for Timestamps, MinKey and MaxKey; more operators."""
     if getattr(filtering, "_emulator_patched", False):
         return
     original = filtering._get_compare_type
@@ -30,3 +31,28 @@ def install() -> None:
     filtering._get_compare_type = compare_type
     filtering._emulator_patched = True  # type: ignore[attr-defined]
     hashing.install()
+    _install_merge_objects()
+
+
+def _install_merge_objects() -> None:
+    """Teach mongomock's expression parser ``$mergeObjects`` (later documents win)."""
+    parser = mm_aggregate._Parser
+    original = parser.parse
+
+    def parse(self: Any, expression: Any) -> Any:
+        if isinstance(expression, dict) and len(expression) == 1 and "$mergeObjects" in expression:
+            args = expression["$mergeObjects"]
+            merged: dict[str, Any] = {}
+            for arg in args if isinstance(args, list) else [args]:
+                try:
+                    value = original(self, arg)
+                except KeyError:
+                    continue  # a missing field merges as nothing
+                if isinstance(value, dict):
+                    merged.update(value)
+                elif value is not None:
+                    raise TypeError("$mergeObjects requires object inputs")
+            return merged
+        return original(self, expression)
+
+    parser.parse = parse  # type: ignore[method-assign]  # the patch is the point

@@ -142,6 +142,8 @@ def new_version(
             )
     except CommandError as exc:
         raise WriteFailure(exc.code, exc.errmsg) from exc
+    if kind == "pipeline" and "_id" in pre and "_id" not in post:
+        post = {"_id": pre["_id"], **post}  # a pipeline that drops _id keeps the original
     if "_id" in pre and ("_id" not in post or keyof(post["_id"]) != keyof(pre["_id"])):
         if kind == "replacement":
             raise WriteFailure(
