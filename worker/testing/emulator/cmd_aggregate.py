@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
+import bson
 from bson import ObjectId
 
 from changestream_worker.testing.emulator import docops, pipeline, query
@@ -55,7 +57,12 @@ def _change_stream(ctx: Ctx, cmd: dict[str, Any], stages: list[Any], batch: Any)
 
 
 async def _source(
-    ctx: Ctx, target: Any, stages: list[Any], values: dict[str, Any], strength: int | None
+    ctx: Ctx,
+    target: Any,
+    stages: list[Any],
+    values: dict[str, Any],
+    strength: int | None,
+    lsid: Any = None,
 ) -> tuple[list[dict[str, Any]], list[Any]]:
     """The documents entering the pipeline and the stages still to run."""
     if stages and pipeline.stage_name(stages[0]) == "$documents":
@@ -64,6 +71,13 @@ async def _source(
                 40602, "$documents is only valid on a database-level aggregate ({aggregate: 1})"
             )
         return pipeline.documents_stage(stages[0]["$documents"], values), stages[1:]
+    if stages and pipeline.stage_name(stages[0]) == "$listLocalSessions":
+        if target != 1:
+            raise CommandError(
+                40602,
+                "$listLocalSessions must be run against the 'admin' database with {aggregate: 1}",
+            )
+        return _local_sessions(ctx, lsid), stages[1:]
     if not isinstance(target, str):
         raise unsupported("a database-level aggregate without $documents or $changeStream")
     coll = ctx.ws.coll(ctx.db, target)
@@ -72,6 +86,16 @@ async def _source(
         found = await query.scan(coll, q, strength)
         return [copy_value(d) for d in found], stages[1:]
     return [copy_value(d) for d in coll.all()], stages
+
+
+def _local_sessions(ctx: Ctx, lsid: Any) -> list[dict[str, Any]]:
+    """``$listLocalSessions``: the sessions this server has seen, the caller's included."""
+    ids = [bson.decode(k)["id"] for k in ctx.server.sessions.sessions]
+    own = (lsid or {}).get("id")
+    if own is not None and own not in ids:
+        ids.append(own)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    return [{"_id": {"id": i, "uid": b"\x00" * 32}, "lastUse": now} for i in ids]
 
 
 def _target(spec: Any, db: str, field: str) -> tuple[str, str]:
@@ -127,7 +151,14 @@ def _merge(ctx: Ctx, spec: Any, docs: list[dict[str, Any]], values: dict[str, An
             if matched_mode == "keepExisting":
                 continue
             if matched_mode == "fail":
-                raise CommandError(11000, f"E11000 duplicate key error collection: {db}.{name}")
+                shown = ", ".join(f"{k}: {v!r}" for k, v in key.items())
+                raise CommandError(
+                    11000,
+                    f"E11000 duplicate key error collection: {db}.{name} index: "
+                    f"{'_id_' if on_fields == ['_id'] else '_'.join(on_fields)} "
+                    f"dup key: {{ {shown} }}",
+                    extra={"keyPattern": {f: 1 for f in on_fields}, "keyValue": key},
+                )
             if matched_mode == "replace":
                 u: Any = {k: v for k, v in doc.items() if k != "_id"}
             elif matched_mode == "merge":
@@ -169,12 +200,15 @@ async def aggregate(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     if stages and isinstance(stages[0], dict) and "$changeStream" in stages[0]:
         return _change_stream(ctx, cmd, stages, batch)
     pipeline.check_stages(stages)
+    writes = any(pipeline.stage_name(st) in ("$out", "$merge") for st in stages)
+    if writes and (cmd.get("readConcern") or {}).get("level") == "linearizable":
+        raise CommandError(72, "readConcern level linearizable is not allowed with $out or $merge")
     values = query.variables(cmd.get("let"), ctx.store.clock.last)
     strength = query.strength_of(cmd.get("collation"))
     target = cmd["aggregate"]
     if isinstance(target, str) and cmd.get("hint") is not None and ctx.store.exists(ctx.db, target):
         query.check_hint(ctx.ws.coll(ctx.db, target), cmd["hint"])
-    docs, rest = await _source(ctx, target, stages, values, strength)
+    docs, rest = await _source(ctx, target, stages, values, strength, cmd.get("lsid"))
     final = pipeline.stage_name(rest[-1]) if rest else ""
     writer = rest[-1] if final in ("$out", "$merge") else None
     body = rest[:-1] if writer is not None else rest

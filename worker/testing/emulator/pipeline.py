@@ -15,7 +15,16 @@ from changestream_worker.testing.emulator.updates import copy_value
 
 # Stages an update pipeline may hold (the manual's list for updates with aggregation pipelines).
 UPDATE_STAGES = {"$addFields", "$set", "$project", "$unset", "$replaceRoot", "$replaceWith"}
-OWN_STAGES = {"$unset", "$replaceWith", "$documents", "$out", "$merge", "$match", "$sort"}
+OWN_STAGES = {
+    "$unset",
+    "$replaceWith",
+    "$documents",
+    "$listLocalSessions",
+    "$out",
+    "$merge",
+    "$match",
+    "$sort",
+}
 
 
 class _Foreign:
@@ -52,8 +61,8 @@ def check_stages(pipeline: list[Any]) -> None:
             raise CommandError(
                 40602, "$changeStream is only valid as the first stage in a pipeline"
             )
-        if name == "$documents" and i != 0:
-            raise CommandError(40602, "$documents is only valid as the first stage in a pipeline")
+        if name in ("$documents", "$listLocalSessions") and i != 0:
+            raise CommandError(40602, f"{name} is only valid as the first stage in a pipeline")
         if name not in mm_aggregate._PIPELINE_HANDLERS and name not in OWN_STAGES:
             raise CommandError(40324, f"Unrecognized pipeline stage name: '{name}'")
 
