@@ -31,7 +31,7 @@ AGG_FIELDS = {
 
 def _change_stream(ctx: Ctx, cmd: dict[str, Any], stages: list[Any], batch: Any) -> dict[str, Any]:
     level = (cmd.get("readConcern") or {}).get("level")
-    if level in ("available", "linearizable", "snapshot"):
+    if level is not None and level != "majority":
         raise CommandError(
             72,
             f"Aggregation stage $changeStream cannot run with a readConcern other than "

@@ -74,6 +74,56 @@ def _unset(docs: list[dict[str, Any]], spec: Any) -> list[dict[str, Any]]:
     return mm_aggregate._handle_project_stage(docs, None, {f: 0 for f in fields})
 
 
+def _nest(spec: dict[str, Any], keep_flags: bool) -> dict[str, Any]:
+    """Dotted keys as nested documents (``{"a.b": x}`` → ``{"a": {"b": x}}``); with
+    ``keep_flags`` a dotted inclusion/exclusion flag stays dotted, as mongomock reads those."""
+    out: dict[str, Any] = {}
+    for key, value in spec.items():
+        flag = isinstance(value, bool | int | float) and not isinstance(value, str)
+        if "." not in key or (keep_flags and flag):
+            out[key] = value
+            continue
+        head, rest = key.split(".", 1)
+        node = out.setdefault(head, {})
+        if not isinstance(node, dict):
+            raise CommandError(31250, f"Path collision at {key}")
+        node.update(_nest({rest: value}, keep_flags))
+    return out
+
+
+def _is_expression(value: Any) -> bool:
+    return not isinstance(value, dict) or any(str(k).startswith("$") for k in value) or not value
+
+
+def _add_fields(docs: list[dict[str, Any]], spec: Any) -> list[dict[str, Any]]:
+    """``$addFields``/``$set``: computed fields merged into (nested) documents."""
+    if not isinstance(spec, dict):
+        raise CommandError(40272, "$addFields specification stage must be an object")
+    nested = _nest(spec, keep_flags=False)
+    out = []
+    for doc in docs:
+        parser = mm_aggregate._Parser(doc, ignore_missing_keys=True)
+        out.append(_merge_fields(doc, nested, parser))
+    return out
+
+
+def _merge_fields(target: dict[str, Any], spec: dict[str, Any], parser: Any) -> dict[str, Any]:
+    result = dict(target)
+    for key, value in spec.items():
+        if _is_expression(value):
+            if value == "$$REMOVE":
+                result.pop(key, None)
+                continue
+            try:
+                result[key] = parser.parse(value)
+            except KeyError:
+                result.pop(key, None)
+        else:
+            base = result.get(key)
+            result[key] = _merge_fields(base if isinstance(base, dict) else {}, value, parser)
+    return result
+
+
 def run_stages(
     docs: list[dict[str, Any]],
     pipeline: list[dict[str, Any]],
@@ -93,6 +143,10 @@ def run_stages(
             docs = q.sort_docs(docs, q.sort_spec(spec), strength)
         elif name == "$unset":
             docs = _unset(docs, spec)
+        elif name in ("$addFields", "$set"):
+            docs = _add_fields(docs, spec)
+        elif name == "$project" and isinstance(spec, dict):
+            docs = list(mm_aggregate._handle_project_stage(docs, database, _nest(spec, True)))
         elif name == "$replaceWith":
             docs = mm_aggregate._handle_replace_root_stage(docs, database, {"newRoot": spec})
         elif name in ("$documents", "$out", "$merge"):
