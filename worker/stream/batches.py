@@ -17,7 +17,7 @@ from changestream_worker.stream.retry import HandlerResult, is_transient, run_ca
 if TYPE_CHECKING:
     from changestream_worker.events import ChangeEvent
     from changestream_worker.handler import HandlerContext
-    from changestream_worker.stream.dispatch import Bound
+    from changestream_worker.stream.bound import Bound
 
 log = structlog.get_logger("changestream_worker.stream.dispatch")
 

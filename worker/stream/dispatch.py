@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 from bson import Timestamp
 
-from changestream_worker.handler import takes_batches
 from changestream_worker.metrics import Metrics
 from changestream_worker.stream.batches import BatchCalls
+from changestream_worker.stream.bound import Bound
 from changestream_worker.stream.failures import DeadLetterSink, Failures, describe_key
 from changestream_worker.stream.lanes import Item, Lanes
 from changestream_worker.stream.position import Position, Watermark, token_cluster_time
@@ -25,7 +25,6 @@ from changestream_worker.stream.stops import LeaseLost, WatcherStopped, stopped_
 if TYPE_CHECKING:
     from changestream_worker.events import ChangeEvent
     from changestream_worker.handler import Handler, HandlerContext
-    from changestream_worker.metrics import Distribution, Tally
 
 __all__ = [
     "DeadLetterSink",
@@ -49,21 +48,6 @@ class DispatchPolicy(Protocol):
     def retry(self) -> RetryPolicy: ...
     @property
     def on_failure(self) -> str: ...
-
-
-class Bound:
-    """One handler of the watcher with its context and its metric series."""
-
-    __slots__ = ("batches", "ctx", "duration", "handler", "name", "ok", "sizes")
-
-    def __init__(
-        self, name: str, handler: Handler, ctx: HandlerContext, watcher: str, m: Metrics
-    ) -> None:
-        self.name, self.handler, self.ctx = name, handler, ctx
-        self.batches = takes_batches(handler)
-        self.ok: Tally = m.events_handled_total.labels(watcher, name, "success")
-        self.duration: Distribution = m.handler_duration_seconds.labels(watcher, name)
-        self.sizes: Distribution = m.batch_size.labels(watcher, name)
 
 
 class Dispatcher(Failures, BatchCalls):

@@ -92,6 +92,7 @@ class ReplicaSetEmulator:
 
         def run() -> None:
             loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)  # gather() below needs the thread's loop set
             self._loop = loop
             loop.run_until_complete(self.start())
             ready.set()
