@@ -18,7 +18,8 @@ from pymongo.errors import PyMongoError
 from changestream_worker.handler import HandlerContext
 from changestream_worker.state import names as state_names
 from changestream_worker.state.checkpoints import Checkpoint, MongoCheckpointStore
-from changestream_worker.state.deadletters import DeadLetterStore, Resolved, replay
+from changestream_worker.state.deadletters import DeadLetterStore
+from changestream_worker.stream.replay import Resolved, replay
 
 if TYPE_CHECKING:
     from pymongo.asynchronous.database import AsyncDatabase
