@@ -154,7 +154,7 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 def cmd_emulator(args: argparse.Namespace) -> int:
     from changestream_worker.testing.emulator import serve
 
-    return _run_async(serve(args.host, args.port))
+    return _run_async(serve(args.host, args.port, args.secondaries))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -226,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("emulator", cmd_emulator, "serve the in-process replica-set emulator over TCP")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=27017)
+    p.add_argument("--secondaries", type=int, default=0, help="members that are always secondaries")
     p = add("demo", cmd_demo, "run the embedded demo (emulator, SMTP sink, generator, worker)")
     p.add_argument(
         "--duration",
