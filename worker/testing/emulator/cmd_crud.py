@@ -9,6 +9,7 @@ from changestream_worker.testing.emulator import (
     cmd_find,  # noqa: F401  (registers its commands)
     docops,
     query,
+    views,
 )
 from changestream_worker.testing.emulator.context import Ctx, check_fields, command
 from changestream_worker.testing.emulator.errors import CommandError
@@ -22,9 +23,11 @@ def _write_error(i: int, exc: docops.WriteFailure) -> dict[str, Any]:
 
 
 def ns(ctx: Ctx, cmd: dict[str, Any]) -> tuple[str, str]:
+    """The namespace a write names; a view refuses writes."""
     name = cmd[next(iter(cmd))]
     if not isinstance(name, str) or not name:
         raise CommandError(73, f"collection name has invalid type {type(name).__name__}")
+    views.refuse_write(ctx.store, ctx.db, name)
     return ctx.db, name
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from bson import Int64
 from mongomock import filtering
 
-from changestream_worker.testing.emulator import query
+from changestream_worker.testing.emulator import query, views
 from changestream_worker.testing.emulator.context import Ctx, check_fields, command
 from changestream_worker.testing.emulator.cursors import first_batch, next_batch
 from changestream_worker.testing.emulator.errors import CommandError, unsupported
@@ -107,6 +107,14 @@ async def find(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     if (db, name) == ("local", "oplog.rs"):
         docs = _oplog_view(ctx, cmd)
         docs = docs[skip:][: abs(limit) or None]
+    elif views.is_view(ctx.store, db, name):
+        extra: list[dict[str, Any]] = [{"$match": cmd.get("filter") or {}}]
+        if cmd.get("sort"):
+            extra.append({"$sort": cmd["sort"]})
+        extra += [{"$skip": skip}] if skip else []
+        extra += [{"$limit": abs(limit)}] if limit else []
+        docs = views.documents(ctx.ws, ctx.store, db, name, extra)
+        docs = query.project(docs, cmd.get("projection"))
     else:
         coll = ctx.ws.coll(db, name)
         if cmd.get("hint") is not None and ctx.store.exists(db, name):
@@ -195,7 +203,9 @@ async def count(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     db, name = _ns(ctx, cmd)
     coll = ctx.ws.coll(db, name)
     q = query.check_filter(cmd.get("query"))
-    if not q and not cmd.get("collation"):
+    if views.is_view(ctx.store, db, name):
+        n = len(views.documents(ctx.ws, ctx.store, db, name, [{"$match": q}]))
+    elif not q and not cmd.get("collation"):
         n = len(coll)
     else:
         n = len(await query.scan(coll, q, query.strength_of(cmd.get("collation"))))
@@ -215,5 +225,9 @@ async def distinct(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
             14, "BSON field 'distinct.key' is the wrong type, expected type 'string'"
         )
     strength = query.strength_of(cmd.get("collation"))
-    docs = await query.scan(ctx.ws.coll(db, name), query.check_filter(cmd.get("query")), strength)
+    q = query.check_filter(cmd.get("query"))
+    if views.is_view(ctx.store, db, name):
+        docs = views.documents(ctx.ws, ctx.store, db, name, [{"$match": q}])
+    else:
+        docs = await query.scan(ctx.ws.coll(db, name), q, strength)
     return {"values": query.distinct_values(docs, key, strength), "ok": 1.0}

@@ -12,6 +12,7 @@ from bson import ObjectId
 from mongomock.filtering import filter_applies
 
 from changestream_worker.testing.emulator import pipeline, query
+from changestream_worker.testing.emulator.deltas import update_description
 from changestream_worker.testing.emulator.engine import (
     Collection,
     DuplicateKey,
@@ -19,7 +20,7 @@ from changestream_worker.testing.emulator.engine import (
     keyof,
 )
 from changestream_worker.testing.emulator.errors import CommandError
-from changestream_worker.testing.emulator.store import Change, update_description
+from changestream_worker.testing.emulator.store import Change
 from changestream_worker.testing.emulator.updates import OPS, apply_operators
 
 __all__ = ["WriteFailure", "delete", "insert", "update"]

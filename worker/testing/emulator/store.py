@@ -64,77 +64,6 @@ def key_bytes(db: str, coll: str, key: dict[str, Any]) -> bytes:
     return f"{db}.{coll}\x00".encode() + bson.encode(key)
 
 
-def update_description(pre: dict[str, Any], post: dict[str, Any]) -> dict[str, Any]:
-    """Derive updatedFields/removedFields/truncatedArrays from two versions, as a delta oplog;
-    ``disambiguatedPaths`` lists paths whose field names look like indexes or hold dots."""
-    updated: dict[str, Any] = {}
-    removed: list[str] = []
-    truncated: list[dict[str, Any]] = []
-    ambiguous: dict[str, list[str | int]] = {}
-    _diff(pre, post, [], _Out(updated, removed, truncated, ambiguous))
-    out: dict[str, Any] = {
-        "updatedFields": updated,
-        "removedFields": removed,
-        "truncatedArrays": truncated,
-    }
-    if ambiguous:
-        out["disambiguatedPaths"] = ambiguous
-    return out
-
-
-@dataclass(slots=True)
-class _Out:
-    updated: dict[str, Any]
-    removed: list[str]
-    truncated: list[dict[str, Any]]
-    ambiguous: dict[str, list[str | int]]
-
-    def path(self, parts: list[str | int]) -> str:
-        text = ".".join(str(p) for p in parts)
-        if any(isinstance(p, str) and (p.isdigit() or "." in p) for p in parts):
-            self.ambiguous[text] = list(parts)
-        return text
-
-
-def _same(a: Any, b: Any) -> bool:
-    return type(a) is type(b) and a == b
-
-
-def _diff(pre: dict[str, Any], post: dict[str, Any], prefix: list[str | int], out: _Out) -> None:
-    for k, new in post.items():
-        parts: list[str | int] = [*prefix, k]
-        if k not in pre:
-            out.updated[out.path(parts)] = new
-            continue
-        old = pre[k]
-        if _same(old, new):
-            continue
-        if isinstance(old, dict) and isinstance(new, dict):
-            _diff(old, new, parts, out)
-        elif isinstance(old, list) and isinstance(new, list):
-            _diff_array(old, new, parts, out)
-        else:
-            out.updated[out.path(parts)] = new
-    for k in pre:
-        if k not in post:
-            out.removed.append(out.path([*prefix, k]))
-
-
-def _diff_array(old: list[Any], new: list[Any], parts: list[str | int], out: _Out) -> None:
-    common = min(len(old), len(new))
-    if len(new) < len(old):
-        out.truncated.append({"field": ".".join(str(p) for p in parts), "newSize": len(new)})
-    for i in range(common):
-        if _same(old[i], new[i]):
-            continue
-        if isinstance(old[i], dict) and isinstance(new[i], dict):
-            _diff(old[i], new[i], [*parts, i], out)
-        else:
-            out.updated[out.path([*parts, i])] = new[i]
-    for i in range(common, len(new)):
-        out.updated[out.path([*parts, i])] = new[i]
-
-
 class Clock:
     """Cluster time: a Timestamp that strictly increases with every tick."""
 
@@ -197,9 +126,7 @@ class Store:
                 coll,
                 _now(),
                 uuid=self.meta[(db, coll)]["uuid"],
-                extra={
-                    "operationDescription": {"idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}}
-                },
+                extra={"operationDescription": _create_description(options or {})},
             )
         )
         return True
@@ -296,9 +223,11 @@ class Store:
     def rename(self, db: str, coll: str, to_db: str, to_coll: str, drop_target: bool) -> None:
         if (db, coll) not in self.meta:
             raise CommandError(26, "Source collection does not exist")
+        described: dict[str, Any] = {"to": {"db": to_db, "coll": to_coll}}
         if (to_db, to_coll) in self.meta:
             if not drop_target:
                 raise CommandError(48, "target namespace exists")
+            described["dropTarget"] = self.meta[(to_db, to_coll)]["uuid"]
             self.drop(to_db, to_coll)
         moved = self.data[db].pop(coll)
         moved.db, moved.name = to_db, to_coll
@@ -315,8 +244,15 @@ class Store:
                 _now(),
                 to=(to_db, to_coll),
                 uuid=meta["uuid"],
+                extra={"operationDescription": described},
             )
         )
+
+
+def _create_description(options: dict[str, Any]) -> dict[str, Any]:
+    if "viewOn" in options:
+        return {"viewOn": options["viewOn"], "pipeline": list(options.get("pipeline") or [])}
+    return {"idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}}
 
 
 def _now() -> datetime:
