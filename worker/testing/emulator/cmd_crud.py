@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from changestream_worker.testing.emulator import (
@@ -60,7 +61,9 @@ async def insert(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     db, name = ns(ctx, cmd)
     coll = ctx.ws.coll(db, name)
     ordered = cmd.get("ordered", True)
-    changes, errors = [], []
+    changes: list[Change] = []
+    errors = []
+    n = 0
     for i, doc in enumerate(cmd.get("documents", [])):
         try:
             changes.append(docops.insert(coll, db, name, doc))
@@ -68,10 +71,16 @@ async def insert(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
             errors.append(_write_error(i, exc))
             if ordered:
                 break
+        if len(changes) >= docops.SLICE_CHANGES:
+            n += len(changes)
+            ctx.ws.commit(changes)
+            changes = []
+            await asyncio.sleep(0)  # a big insert lets other connections in between slices
+    n += len(changes)
     ctx.ws.commit(changes)
-    if not changes and not errors:
+    if not n and not errors:
         ctx.store.ensure(db, name)
-    reply: dict[str, Any] = {"n": len(changes), "ok": 1.0}
+    reply: dict[str, Any] = {"n": n, "ok": 1.0}
     if errors:
         reply["writeErrors"] = errors
     return write_concern(ctx, cmd, reply)

@@ -25,6 +25,8 @@ from changestream_worker.testing.emulator.updates import OPS, apply_operators
 
 __all__ = ["WriteFailure", "delete", "insert", "update"]
 MAX_BSON = 16 * 1024 * 1024
+# Recording a change in the oplog costs about as much as making it: flush in bounded slices.
+SLICE_CHANGES = 256
 
 
 def _dup(coll: Collection, exc: DuplicateKey) -> WriteFailure:
@@ -285,7 +287,7 @@ async def update(
         if done is not None:
             changes.append(done)
             modified += 1
-        if time.monotonic() > deadline:
+        if len(changes) >= SLICE_CHANGES or time.monotonic() > deadline:
             await _pause(changes, flush)
             deadline = time.monotonic() + query.SLICE_S
     return matched, modified, None, changes
@@ -316,7 +318,7 @@ async def delete(
             changes.append(Change("delete", db, name, {"_id": doc["_id"]}, None, doc))
             if limit == 1:
                 break
-        if time.monotonic() > deadline:
+        if len(changes) >= SLICE_CHANGES or time.monotonic() > deadline:
             await _pause(changes, flush)
             deadline = time.monotonic() + query.SLICE_S
     return changes

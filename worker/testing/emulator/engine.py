@@ -24,6 +24,8 @@ NOTHING: Any = vars(filtering)["NOTHING"]
 
 def keyof(value: Any) -> Hashable:
     """A hashable form of a BSON value under MongoDB equality (1 == 1.0 == Int64(1))."""
+    if type(value) is ObjectId or type(value) is str:
+        return (type(value).__name__, value)
     if isinstance(value, bool):
         return ("b", value)
     if isinstance(value, int | float | Int64):
@@ -32,7 +34,7 @@ def keyof(value: Any) -> Hashable:
         dec = value.to_decimal()
         return ("n", int(dec)) if dec == int(dec) else ("n", float(dec))
     if isinstance(value, str):
-        return ("s", value)
+        return ("str", value)
     if value is None:
         return ("z",)
     if isinstance(value, dict):

@@ -97,6 +97,7 @@ class Store:
         self.history_start = self.clock.tick()
         self.versions: dict[bytes, Timestamp] = {}
         self._new_data = asyncio.Event()
+        self._armed = False
 
     # ---- metadata ---------------------------------------------------------------
     def collection(self, db: str, coll: str) -> Collection:
@@ -144,12 +145,19 @@ class Store:
     # ---- the oplog --------------------------------------------------------------
     def append(self, entry: OplogEntry) -> None:
         self.oplog.append(entry)
-        self._new_data.set()
-        self._new_data = asyncio.Event()
+        self._wake()
+
+    def _wake(self) -> None:
+        # a fresh Event only when someone waits on the current one: appends are the hot path
+        if self._armed:
+            self._armed = False
+            self._new_data.set()
+            self._new_data = asyncio.Event()
 
     async def wait_for_data(self, timeout: float) -> None:
         """Wait until something is appended, or ``timeout`` seconds pass."""
         event = self._new_data
+        self._armed = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
 
@@ -165,11 +173,18 @@ class Store:
             return None
         ts = self.clock.tick()
         wall = _now()
+        per_ns: dict[tuple[str, str], tuple[bool, Binary | None]] = {}
         for i, ch in enumerate(changes):
             if not in_txn and i:
                 ts = self.clock.tick()
             self.versions[key_bytes(ch.db, ch.coll, ch.key)] = ts
-            self.append(
+            ns = per_ns.get((ch.db, ch.coll))
+            if ns is None:
+                ns = per_ns[(ch.db, ch.coll)] = (
+                    self.images_enabled(ch.db, ch.coll),
+                    self.meta.get((ch.db, ch.coll), {}).get("uuid"),
+                )
+            self.oplog.append(
                 OplogEntry(
                     ts,
                     i if in_txn else 0,
@@ -181,12 +196,13 @@ class Store:
                     post=ch.post,
                     pre=ch.pre,
                     update_desc=ch.update_desc,
-                    images=self.images_enabled(ch.db, ch.coll),
+                    images=ns[0],
                     lsid=lsid if in_txn else None,
                     txn_number=txn_number if in_txn else None,
-                    uuid=self.meta.get((ch.db, ch.coll), {}).get("uuid"),
+                    uuid=ns[1],
                 )
             )
+        self._wake()
         return ts
 
     def truncate_before(self, ts: Timestamp) -> int:
