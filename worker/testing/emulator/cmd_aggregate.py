@@ -10,10 +10,11 @@ from bson import ObjectId
 
 from changestream_worker.testing.emulator import docops, pipeline, query, views
 from changestream_worker.testing.emulator.changestream import ChangeStream
-from changestream_worker.testing.emulator.context import Ctx, check_fields, command
+from changestream_worker.testing.emulator.context import Ctx, check_fields
 from changestream_worker.testing.emulator.cursors import first_batch
 from changestream_worker.testing.emulator.engine import Collection, DuplicateKey
 from changestream_worker.testing.emulator.errors import CommandError, unsupported
+from changestream_worker.testing.emulator.registry import command
 from changestream_worker.testing.emulator.store import Change
 from changestream_worker.testing.emulator.updates import copy_value
 

@@ -6,14 +6,13 @@ import asyncio
 from typing import Any
 
 from changestream_worker.testing.emulator import (
-    cmd_aggregate,  # noqa: F401  (registers its commands)
-    cmd_find,  # noqa: F401  (registers its commands)
     docops,
     query,
     views,
 )
-from changestream_worker.testing.emulator.context import Ctx, check_fields, command
+from changestream_worker.testing.emulator.context import Ctx, check_fields
 from changestream_worker.testing.emulator.errors import CommandError
+from changestream_worker.testing.emulator.registry import command
 from changestream_worker.testing.emulator.store import Change
 
 CODE_UNSATISFIABLE_WC = 100

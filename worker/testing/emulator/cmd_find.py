@@ -10,9 +10,10 @@ from bson import Int64
 from mongomock import filtering
 
 from changestream_worker.testing.emulator import query, views
-from changestream_worker.testing.emulator.context import Ctx, check_fields, command
+from changestream_worker.testing.emulator.context import Ctx, check_fields
 from changestream_worker.testing.emulator.cursors import first_batch, next_batch
 from changestream_worker.testing.emulator.errors import CommandError, unsupported
+from changestream_worker.testing.emulator.registry import command
 
 FIND_FIELDS = {
     "filter",
