@@ -16,7 +16,7 @@ from changestream_worker.testing.emulator.engine import Collection, DuplicateKey
 from changestream_worker.testing.emulator.errors import CommandError, unsupported
 from changestream_worker.testing.emulator.registry import command
 from changestream_worker.testing.emulator.store import Change
-from changestream_worker.testing.emulator.updates import copy_value
+from changestream_worker.testing.emulator.update_ops import copy_value
 
 AGG_FIELDS = {
     "pipeline",

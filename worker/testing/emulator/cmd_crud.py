@@ -8,6 +8,7 @@ from typing import Any
 from changestream_worker.testing.emulator import (
     docops,
     query,
+    validation,
     views,
 )
 from changestream_worker.testing.emulator.context import Ctx, check_fields
@@ -56,6 +57,7 @@ def _hint(ctx: Ctx, db: str, name: str, hint: Any) -> None:
 
 @command("insert", write=True)
 async def insert(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
+    validation.BYPASS.set(bool(cmd.get("bypassDocumentValidation")))
     check_fields(cmd, {"documents", "ordered", "bypassDocumentValidation"})
     db, name = ns(ctx, cmd)
     coll = ctx.ws.coll(db, name)
@@ -90,6 +92,7 @@ UPDATE_FIELDS = {"q", "u", "upsert", "multi", "arrayFilters", "hint", "collation
 
 @command("update", write=True)
 async def update(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
+    validation.BYPASS.set(bool(cmd.get("bypassDocumentValidation")))
     check_fields(cmd, {"updates", "ordered", "bypassDocumentValidation", "let"})
     db, name = ns(ctx, cmd)
     coll = ctx.ws.coll(db, name)
@@ -177,6 +180,7 @@ FAM_FIELDS = {
 
 @command("findAndModify", "findandmodify", write=True)
 async def find_and_modify(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
+    validation.BYPASS.set(bool(cmd.get("bypassDocumentValidation")))
     check_fields(cmd, FAM_FIELDS)
     db, name = ns(ctx, cmd)
     coll = ctx.ws.coll(db, name)

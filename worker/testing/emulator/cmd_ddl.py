@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from changestream_worker.testing.emulator import views
+from changestream_worker.testing.emulator import collections, views
 from changestream_worker.testing.emulator.context import Ctx, check_fields
 from changestream_worker.testing.emulator.cursors import first_batch
 from changestream_worker.testing.emulator.engine import DuplicateKey
@@ -52,7 +52,7 @@ async def create(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
             "indexOptionDefaults",
         },
     )
-    for opt in ("capped", "validator", "timeseries", "clusteredIndex", "collation"):
+    for opt in ("timeseries", "clusteredIndex", "collation"):
         if cmd.get(opt):
             raise unsupported(f"create with '{opt}'")
     name = cmd["create"]
@@ -66,7 +66,9 @@ async def create(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
         raise CommandError(9, "'pipeline' requires 'viewOn' to also be specified")
     if "changeStreamPreAndPostImages" in cmd:
         opts["changeStreamPreAndPostImages"] = dict(cmd["changeStreamPreAndPostImages"])
+    opts.update(collections.collection_options(cmd))
     ctx.store.ensure(ctx.db, name, opts)
+    collections.apply_options(ctx.store.collection(ctx.db, name), opts)
     return {"ok": 1.0}
 
 
@@ -98,9 +100,9 @@ async def coll_mod(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
                 break
         else:
             raise CommandError(27, "cannot find index")
-    for opt in ("validator", "validationLevel", "validationAction"):
-        if opt in cmd:
-            raise unsupported(f"collMod with '{opt}'")
+    changed = collections.collection_options(cmd, modifying=True)
+    meta["options"].update(changed)
+    collections.apply_options(ctx.store.collection(ctx.db, name), meta["options"])
     ctx.store.append(
         OplogEntry(ctx.store.clock.tick(), 0, "modify", ctx.db, name, _now(), uuid=meta["uuid"])
     )

@@ -98,6 +98,9 @@ class Store:
         self.versions: dict[bytes, Timestamp] = {}
         self._new_data = asyncio.Event()
         self._armed = False
+        self.profiling: dict[
+            str, dict[str, Any]
+        ] = {}  # per database: the profile command's settings
 
     # ---- metadata ---------------------------------------------------------------
     def collection(self, db: str, coll: str) -> Collection:

@@ -9,7 +9,7 @@ from changestream_worker.testing.emulator import (
     pipeline,
 )
 from changestream_worker.testing.emulator.errors import CommandError
-from changestream_worker.testing.emulator.updates import copy_value
+from changestream_worker.testing.emulator.update_ops import copy_value
 
 MAX_DEPTH = 20
 
