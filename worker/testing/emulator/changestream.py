@@ -199,6 +199,8 @@ class ChangeStream:
         if e.op == "rename":
             assert e.to is not None
             ev["to"] = {"db": e.to[0], "coll": e.to[1]}
+            if self.expanded and "operationDescription" in e.extra:
+                ev["operationDescription"] = e.extra["operationDescription"]
             invalidates = self.coll is not None and not self.cluster
             return [(EVENT, ev)] + ([(INVALIDATE, self._invalidate(e))] if invalidates else [])
         return [(EVENT, self._document_event(e, ev))]

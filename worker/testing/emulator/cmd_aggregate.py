@@ -8,7 +8,7 @@ from typing import Any
 import bson
 from bson import ObjectId
 
-from changestream_worker.testing.emulator import docops, pipeline, query
+from changestream_worker.testing.emulator import docops, pipeline, query, views
 from changestream_worker.testing.emulator.changestream import ChangeStream
 from changestream_worker.testing.emulator.context import Ctx, check_fields
 from changestream_worker.testing.emulator.cursors import first_batch
@@ -16,7 +16,7 @@ from changestream_worker.testing.emulator.engine import Collection, DuplicateKey
 from changestream_worker.testing.emulator.errors import CommandError, unsupported
 from changestream_worker.testing.emulator.registry import command
 from changestream_worker.testing.emulator.store import Change
-from changestream_worker.testing.emulator.updates import copy_value
+from changestream_worker.testing.emulator.update_ops import copy_value
 
 AGG_FIELDS = {
     "pipeline",
@@ -81,6 +81,11 @@ async def _source(
         return _local_sessions(ctx, lsid), stages[1:]
     if not isinstance(target, str):
         raise unsupported("a database-level aggregate without $documents or $changeStream")
+    resolved = views.resolve(ctx.store, ctx.db, target)
+    if resolved is not None:
+        source, defined = resolved
+        docs = [copy_value(d) for d in ctx.ws.coll(ctx.db, source).all()]
+        return docs, defined + stages
     coll = ctx.ws.coll(ctx.db, target)
     if stages and pipeline.stage_name(stages[0]) == "$match":
         q = query.bind_filter(query.check_filter(stages[0]["$match"]), values)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from changestream_worker.testing.emulator import (
     docops,
     query,
+    validation,
+    views,
 )
 from changestream_worker.testing.emulator.context import Ctx, check_fields
 from changestream_worker.testing.emulator.errors import CommandError
@@ -21,9 +24,11 @@ def _write_error(i: int, exc: docops.WriteFailure) -> dict[str, Any]:
 
 
 def ns(ctx: Ctx, cmd: dict[str, Any]) -> tuple[str, str]:
+    """The namespace a write names; a view refuses writes."""
     name = cmd[next(iter(cmd))]
     if not isinstance(name, str) or not name:
         raise CommandError(73, f"collection name has invalid type {type(name).__name__}")
+    views.refuse_write(ctx.store, ctx.db, name)
     return ctx.db, name
 
 
@@ -52,11 +57,14 @@ def _hint(ctx: Ctx, db: str, name: str, hint: Any) -> None:
 
 @command("insert", write=True)
 async def insert(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
+    validation.BYPASS.set(bool(cmd.get("bypassDocumentValidation")))
     check_fields(cmd, {"documents", "ordered", "bypassDocumentValidation"})
     db, name = ns(ctx, cmd)
     coll = ctx.ws.coll(db, name)
     ordered = cmd.get("ordered", True)
-    changes, errors = [], []
+    changes: list[Change] = []
+    errors = []
+    n = 0
     for i, doc in enumerate(cmd.get("documents", [])):
         try:
             changes.append(docops.insert(coll, db, name, doc))
@@ -64,10 +72,16 @@ async def insert(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
             errors.append(_write_error(i, exc))
             if ordered:
                 break
+        if len(changes) >= docops.SLICE_CHANGES:
+            n += len(changes)
+            ctx.ws.commit(changes)
+            changes = []
+            await asyncio.sleep(0)  # a big insert lets other connections in between slices
+    n += len(changes)
     ctx.ws.commit(changes)
-    if not changes and not errors:
+    if not n and not errors:
         ctx.store.ensure(db, name)
-    reply: dict[str, Any] = {"n": len(changes), "ok": 1.0}
+    reply: dict[str, Any] = {"n": n, "ok": 1.0}
     if errors:
         reply["writeErrors"] = errors
     return write_concern(ctx, cmd, reply)
@@ -78,6 +92,7 @@ UPDATE_FIELDS = {"q", "u", "upsert", "multi", "arrayFilters", "hint", "collation
 
 @command("update", write=True)
 async def update(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
+    validation.BYPASS.set(bool(cmd.get("bypassDocumentValidation")))
     check_fields(cmd, {"updates", "ordered", "bypassDocumentValidation", "let"})
     db, name = ns(ctx, cmd)
     coll = ctx.ws.coll(db, name)
@@ -165,6 +180,7 @@ FAM_FIELDS = {
 
 @command("findAndModify", "findandmodify", write=True)
 async def find_and_modify(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
+    validation.BYPASS.set(bool(cmd.get("bypassDocumentValidation")))
     check_fields(cmd, FAM_FIELDS)
     db, name = ns(ctx, cmd)
     coll = ctx.ws.coll(db, name)

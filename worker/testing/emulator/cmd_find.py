@@ -9,10 +9,11 @@ from typing import Any
 from bson import Int64
 from mongomock import filtering
 
-from changestream_worker.testing.emulator import query
+from changestream_worker.testing.emulator import query, views
 from changestream_worker.testing.emulator.context import Ctx, check_fields
-from changestream_worker.testing.emulator.cursors import first_batch, next_batch
+from changestream_worker.testing.emulator.cursors import Cursor, Tail, first_batch, next_batch
 from changestream_worker.testing.emulator.errors import CommandError, unsupported
+from changestream_worker.testing.emulator.keys import keyof
 from changestream_worker.testing.emulator.registry import command
 
 FIND_FIELDS = {
@@ -98,8 +99,8 @@ def _non_negative(cmd: dict[str, Any], field: str) -> int:
 @command("find")
 async def find(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     check_fields(cmd, FIND_FIELDS)
-    if cmd.get("tailable") or cmd.get("min") or cmd.get("max") or cmd.get("returnKey"):
-        raise unsupported("find with tailable/min/max/returnKey")
+    if cmd.get("returnKey"):
+        raise unsupported("find with returnKey")
     db, name = _ns(ctx, cmd)
     skip, limit = _non_negative(cmd, "skip"), int(cmd.get("limit") or 0)
     bs = cmd.get("batchSize")
@@ -108,21 +109,35 @@ async def find(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     if (db, name) == ("local", "oplog.rs"):
         docs = _oplog_view(ctx, cmd)
         docs = docs[skip:][: abs(limit) or None]
+    elif views.is_view(ctx.store, db, name):
+        extra: list[dict[str, Any]] = [{"$match": cmd.get("filter") or {}}]
+        if cmd.get("sort"):
+            extra.append({"$sort": cmd["sort"]})
+        extra += [{"$skip": skip}] if skip else []
+        extra += [{"$limit": abs(limit)}] if limit else []
+        docs = views.documents(ctx.ws, ctx.store, db, name, extra)
+        docs = query.project(docs, cmd.get("projection"))
     else:
         coll = ctx.ws.coll(db, name)
         if cmd.get("hint") is not None and ctx.store.exists(db, name):
             query.check_hint(coll, cmd["hint"])
         values = query.variables(cmd.get("let"), ctx.store.clock.last)
+        bounded = cmd.get("min") is not None or cmd.get("max") is not None
         docs = await query.find_docs(
             coll,
             cmd.get("filter") or {},
             sort=cmd.get("sort"),
-            skip=skip,
-            limit=limit,
+            skip=0 if bounded else skip,
+            limit=0 if bounded else limit,
             collation=cmd.get("collation"),
             let=values,
         )
+        if bounded:
+            docs = query.within_bounds(coll, docs, cmd.get("hint"), cmd.get("min"), cmd.get("max"))
+            docs = docs[skip:][: abs(limit) or None]
         docs = query.project(docs, query.bind(cmd.get("projection"), values))
+    if cmd.get("tailable"):
+        return _tailable(ctx, cmd, docs, bs)
     return first_batch(
         ctx.server.cursors,
         f"{db}.{name}",
@@ -131,6 +146,40 @@ async def find(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
         single=bool(cmd.get("singleBatch")) or limit < 0,
         lsid=cmd.get("lsid"),
     )
+
+
+def _tailable(ctx: Ctx, cmd: dict[str, Any], docs: list[dict[str, Any]], bs: Any) -> dict[str, Any]:
+    """A tailable cursor on a capped collection: it stays open at the end of the data."""
+    db, name = _ns(ctx, cmd)
+    coll = ctx.ws.coll(db, name)
+    if coll.capped is None:
+        raise CommandError(
+            2, "error processing query: tailable cursor requested on non capped collection"
+        )
+    if cmd.get("sort") and dict(cmd["sort"]) != {"$natural": 1}:
+        raise CommandError(2, "cannot use tailable option with a sort other than {$natural: 1}")
+    n = 101 if bs is None else int(bs) or 101
+    batch, rest = docs[:n], docs[n:]
+    last = coll.seq_of.get(keyof(batch[-1]["_id"]), 0) if batch else 0
+    cur = ctx.server.cursors.add(f"{db}.{name}", rest, lsid=cmd.get("lsid"))
+    cur.tail = Tail(coll, query.check_filter(cmd.get("filter")), last, bool(cmd.get("awaitData")))
+    return {"cursor": {"firstBatch": batch, "id": cur.id, "ns": cur.ns}, "ok": 1.0}
+
+
+async def _tail_more(ctx: Ctx, cur: Cursor, size: int | None, max_ms: Any) -> dict[str, Any]:
+    assert cur.tail is not None
+    tail = cur.tail
+    deadline = time.monotonic() + float(max_ms or 1000) / 1000
+    while True:
+        fresh = [d for d in tail.coll.after(tail.seq) if filtering.filter_applies(tail.query, d)]
+        left = deadline - time.monotonic()
+        if fresh or not tail.await_data or left <= 0:
+            break
+        await ctx.store.wait_for_data(left)
+    batch = fresh[: size or len(fresh)]
+    if batch:
+        tail.seq = tail.coll.seq_of.get(keyof(batch[-1]["_id"]), tail.seq)
+    return {"cursor": {"nextBatch": batch, "id": cur.id, "ns": cur.ns}, "ok": 1.0}
 
 
 @command("getMore")
@@ -145,8 +194,16 @@ async def get_more(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
             data.get("errorLabels"),
         )
     size = int(cmd.get("batchSize") or 0) or None
+    if cur.tail is not None and cur.pos >= len(cur.docs):
+        return await _tail_more(ctx, cur, size, cmd.get("maxTimeMS"))
     if cur.stream is None:
-        return next_batch(ctx.server.cursors, cur, size)
+        reply = next_batch(ctx.server.cursors, cur, size)
+        if cur.tail is not None and reply["cursor"]["nextBatch"]:
+            last = reply["cursor"]["nextBatch"][-1]
+            cur.tail.seq = cur.tail.coll.seq_of.get(keyof(last["_id"]), cur.tail.seq)
+            reply["cursor"]["id"] = cur.id
+            ctx.server.cursors.open[cur.id] = cur  # a tailable cursor outlives its data
+        return reply
     if not ctx.server.is_primary:
         raise CommandError(10107, "not primary", ["ResumableChangeStreamError"])
     stream = cur.stream
@@ -196,7 +253,9 @@ async def count(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     db, name = _ns(ctx, cmd)
     coll = ctx.ws.coll(db, name)
     q = query.check_filter(cmd.get("query"))
-    if not q and not cmd.get("collation"):
+    if views.is_view(ctx.store, db, name):
+        n = len(views.documents(ctx.ws, ctx.store, db, name, [{"$match": q}]))
+    elif not q and not cmd.get("collation"):
         n = len(coll)
     else:
         n = len(await query.scan(coll, q, query.strength_of(cmd.get("collation"))))
@@ -216,5 +275,9 @@ async def distinct(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
             14, "BSON field 'distinct.key' is the wrong type, expected type 'string'"
         )
     strength = query.strength_of(cmd.get("collation"))
-    docs = await query.scan(ctx.ws.coll(db, name), query.check_filter(cmd.get("query")), strength)
+    q = query.check_filter(cmd.get("query"))
+    if views.is_view(ctx.store, db, name):
+        docs = views.documents(ctx.ws, ctx.store, db, name, [{"$match": q}])
+    else:
+        docs = await query.scan(ctx.ws.coll(db, name), q, strength)
     return {"values": query.distinct_values(docs, key, strength), "ok": 1.0}

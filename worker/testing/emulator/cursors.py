@@ -25,6 +25,17 @@ class Cursor:
     pos: int = 0
     stream: ChangeStream | None = None
     lsid: Any = None
+    tail: Tail | None = None
+
+
+@dataclass
+class Tail:
+    """What a tailable cursor over a capped collection follows."""
+
+    coll: Any
+    query: dict[str, Any]
+    seq: int
+    await_data: bool
 
 
 class Cursors:

@@ -8,71 +8,30 @@ from collections.abc import Callable
 from typing import Any
 
 import bson
-from bson import ObjectId
 from mongomock.filtering import filter_applies
 
 from changestream_worker.testing.emulator import pipeline, query
-from changestream_worker.testing.emulator.engine import (
-    Collection,
-    DuplicateKey,
-    WriteFailure,
-    keyof,
-)
+from changestream_worker.testing.emulator.deltas import update_description
+from changestream_worker.testing.emulator.engine import Collection, DuplicateKey, WriteFailure
 from changestream_worker.testing.emulator.errors import CommandError
-from changestream_worker.testing.emulator.store import Change, update_description
-from changestream_worker.testing.emulator.updates import OPS, apply_operators
+from changestream_worker.testing.emulator.inserts import dup_failure, insert, size_ok, validate
+from changestream_worker.testing.emulator.keys import keyof
+from changestream_worker.testing.emulator.store import Change
+from changestream_worker.testing.emulator.update_ops import OPS
+from changestream_worker.testing.emulator.updates import apply_operators
 
-__all__ = ["WriteFailure", "delete", "insert", "update"]
-MAX_BSON = 16 * 1024 * 1024
-
-
-def _dup(coll: Collection, exc: DuplicateKey) -> WriteFailure:
-    shown = ", ".join(f"{k}: {v!r}" for k, v in exc.value.items())
-    return WriteFailure(
-        11000,
-        f"E11000 duplicate key error collection: {coll.full_name} index: {exc.index} "
-        f"dup key: {{ {shown} }}",
-        {"keyPattern": exc.pattern, "keyValue": exc.value},
-    )
-
-
-def _check_id(value: Any) -> None:
-    if isinstance(value, list):
-        raise WriteFailure(53, "The '_id' value cannot be of type array")
-    if hasattr(value, "pattern") and hasattr(value, "flags"):
-        raise WriteFailure(53, "The '_id' value cannot be of type regex")
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if str(k).startswith("$"):
-                raise WriteFailure(
-                    52,
-                    f"_id fields may not contain '$'-prefixed fields: {k} is not valid "
-                    "for storage.",
-                )
-            if isinstance(v, dict):
-                _check_id(v)
-
-
-def _size_ok(doc: dict[str, Any], inserting: bool) -> None:
-    size = len(bson.encode(doc))
-    if size > MAX_BSON:
-        if inserting:
-            raise WriteFailure(
-                2, f"object to insert too large. size in bytes: {size}, max size: {MAX_BSON}"
-            )
-        raise WriteFailure(17419, f"Resulting document after update is larger than {MAX_BSON}")
-
-
-def insert(coll: Collection, db: str, name: str, doc: dict[str, Any]) -> Change:
-    """Insert one document (``_id`` first, generated when missing)."""
-    doc = {"_id": doc["_id"], **doc} if "_id" in doc else {"_id": ObjectId(), **doc}
-    _check_id(doc["_id"])
-    _size_ok(doc, True)
-    try:
-        coll.insert(doc)
-    except DuplicateKey as exc:
-        raise _dup(coll, exc) from exc
-    return Change("insert", db, name, {"_id": doc["_id"]}, doc, None)
+__all__ = [
+    "SLICE_CHANGES",
+    "WriteFailure",
+    "apply",
+    "delete",
+    "insert",
+    "kind_of",
+    "update",
+    "upsert",
+]
+# Recording a change in the oplog costs about as much as making it: flush in bounded slices.
+SLICE_CHANGES = 256
 
 
 def kind_of(update: Any) -> str:
@@ -156,7 +115,7 @@ def new_version(
         )
     if "_id" in post and next(iter(post)) != "_id":
         post = {"_id": post["_id"], **post}
-    _size_ok(post, False)
+    size_ok(post, False)
     return post
 
 
@@ -206,10 +165,11 @@ def apply(
     post = new_version(pre, spec, kind, values)
     if bson.encode(post) == bson.encode(pre):
         return pre, None
+    validate(coll, post, pre)
     try:
         coll.replace(pre, post)
     except DuplicateKey as exc:
-        raise _dup(coll, exc) from exc
+        raise dup_failure(coll, exc) from exc
     return post, _change(db, name, pre, post, kind)
 
 
@@ -284,7 +244,7 @@ async def update(
         if done is not None:
             changes.append(done)
             modified += 1
-        if time.monotonic() > deadline:
+        if len(changes) >= SLICE_CHANGES or time.monotonic() > deadline:
             await _pause(changes, flush)
             deadline = time.monotonic() + query.SLICE_S
     return matched, modified, None, changes
@@ -315,7 +275,7 @@ async def delete(
             changes.append(Change("delete", db, name, {"_id": doc["_id"]}, None, doc))
             if limit == 1:
                 break
-        if time.monotonic() > deadline:
+        if len(changes) >= SLICE_CHANGES or time.monotonic() > deadline:
             await _pause(changes, flush)
             deadline = time.monotonic() + query.SLICE_S
     return changes

@@ -11,7 +11,7 @@ from mongomock import filtering
 from changestream_worker.testing.emulator import query as q
 from changestream_worker.testing.emulator.engine import Collection
 from changestream_worker.testing.emulator.errors import CommandError, unsupported
-from changestream_worker.testing.emulator.updates import copy_value
+from changestream_worker.testing.emulator.update_ops import copy_value
 
 # Stages an update pipeline may hold (the manual's list for updates with aggregation pipelines).
 UPDATE_STAGES = {"$addFields", "$set", "$project", "$unset", "$replaceRoot", "$replaceWith"}

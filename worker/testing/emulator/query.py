@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import unicodedata
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -13,65 +12,32 @@ import mongomock
 from mongomock import filtering
 from mongomock.aggregate import _Parser
 
-from changestream_worker.testing.emulator.engine import (
-    MISSING,
-    NOTHING,
-    Collection,
-    keyof,
-    path_values,
-)
+from changestream_worker.testing.emulator.collation import collate, collate_str, strength_of
+from changestream_worker.testing.emulator.engine import Collection
 from changestream_worker.testing.emulator.errors import CommandError, unsupported
+from changestream_worker.testing.emulator.keys import MISSING, NOTHING, keyof, path_values
 
+__all__ = [
+    "SLICE_S",
+    "bind",
+    "bind_filter",
+    "check_filter",
+    "check_hint",
+    "collate",
+    "collate_str",
+    "distinct_values",
+    "find_docs",
+    "project",
+    "scan",
+    "sort_docs",
+    "sort_spec",
+    "strength_of",
+    "variables",
+    "within_bounds",
+]
 # A long scan gives other connections the loop back this often (seconds).
 SLICE_S = 0.02
 _PROJECTOR: Any = mongomock.MongoClient().projection.scratch
-_NO_COLLATE = {"$regex", "$options", "$type", "$expr", "$where", "$exists", "$size", "$mod"}
-
-
-# ---- collation --------------------------------------------------------------------
-def strength_of(collation: dict[str, Any] | None) -> int | None:
-    """The comparison strength a collation asks for; None for binary (simple) comparison."""
-    if not collation:
-        return None
-    if not isinstance(collation, dict) or "locale" not in collation:
-        raise CommandError(40414, "BSON field 'collation.locale' is missing but a required field")
-    for opt in ("numericOrdering", "caseLevel", "backwards"):
-        if collation.get(opt):
-            raise unsupported(f"collation option '{opt}'")
-    if collation["locale"] == "simple":
-        return None
-    strength = int(collation.get("strength", 3))
-    if strength not in (1, 2, 3, 4, 5):
-        raise CommandError(51024, f"unsupported collation strength {strength}")
-    return min(strength, 3)
-
-
-def collate_str(s: str, strength: int) -> str:
-    """A string whose binary order and equality are the collation's at ``strength``."""
-    decomposed = unicodedata.normalize("NFD", s)
-    primary = "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
-    if strength == 1:
-        return primary
-    secondary = decomposed.casefold()
-    if strength == 2:
-        return f"{primary}\x00{secondary}"
-    return f"{primary}\x00{secondary}\x00{s.swapcase()}"  # lower case sorts first, as in ICU
-
-
-def collate(value: Any, strength: int | None, in_filter: bool = False) -> Any:
-    """``value`` with every string replaced by its collation key (filters skip operators' text)."""
-    if strength is None:
-        return value
-    if isinstance(value, str):
-        return collate_str(value, strength)
-    if isinstance(value, dict):
-        return {
-            k: v if in_filter and k in _NO_COLLATE else collate(v, strength, in_filter)
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [collate(v, strength, in_filter) for v in value]
-    return value
 
 
 # ---- let variables ----------------------------------------------------------------
@@ -285,3 +251,47 @@ def distinct_values(docs: list[dict[str, Any]], key: str, strength: int | None) 
                 continue
             seen.setdefault(keyof(collate(v, strength)), v)
     return sorted(seen.values(), key=lambda v: filtering.BsonComparable(collate(v, strength)))
+
+
+def within_bounds(
+    coll: Collection, docs: list[dict[str, Any]], hint: Any, low: Any, high: Any
+) -> list[dict[str, Any]]:
+    """``min`` (inclusive) and ``max`` (exclusive) bounds on the hinted index's keys."""
+    if hint is None:
+        raise CommandError(
+            51173, "When using min()/max() a hint of which index to use must be provided"
+        )
+    if isinstance(hint, str):
+        key = (
+            [("_id", 1)]
+            if hint == "_id_"
+            else list(coll.indexes[hint].key)
+            if hint in coll.indexes
+            else None
+        )
+    else:
+        key = list(dict(hint).items())
+    if key is None:
+        raise CommandError(2, "hint provided does not correspond to an existing index")
+    fields = [f for f, _ in key]
+    for bound in (low, high):
+        if bound is not None and list(dict(bound)) != fields:
+            raise CommandError(51174, "The index key pattern does not match the min/max bounds")
+
+    def order(doc: dict[str, Any], bound: dict[str, Any]) -> int:
+        for field, direction in key:
+            mine = next(iter(path_values(doc, field)))
+            a = filtering.BsonComparable(None if mine is MISSING else mine)
+            b = filtering.BsonComparable(bound[field])
+            sign = -1 if direction == -1 else 1
+            if a < b:
+                return -sign
+            if b < a:
+                return sign
+        return 0
+
+    return [
+        d
+        for d in docs
+        if (low is None or order(d, low) >= 0) and (high is None or order(d, high) < 0)
+    ]

@@ -64,77 +64,6 @@ def key_bytes(db: str, coll: str, key: dict[str, Any]) -> bytes:
     return f"{db}.{coll}\x00".encode() + bson.encode(key)
 
 
-def update_description(pre: dict[str, Any], post: dict[str, Any]) -> dict[str, Any]:
-    """Derive updatedFields/removedFields/truncatedArrays from two versions, as a delta oplog;
-    ``disambiguatedPaths`` lists paths whose field names look like indexes or hold dots."""
-    updated: dict[str, Any] = {}
-    removed: list[str] = []
-    truncated: list[dict[str, Any]] = []
-    ambiguous: dict[str, list[str | int]] = {}
-    _diff(pre, post, [], _Out(updated, removed, truncated, ambiguous))
-    out: dict[str, Any] = {
-        "updatedFields": updated,
-        "removedFields": removed,
-        "truncatedArrays": truncated,
-    }
-    if ambiguous:
-        out["disambiguatedPaths"] = ambiguous
-    return out
-
-
-@dataclass(slots=True)
-class _Out:
-    updated: dict[str, Any]
-    removed: list[str]
-    truncated: list[dict[str, Any]]
-    ambiguous: dict[str, list[str | int]]
-
-    def path(self, parts: list[str | int]) -> str:
-        text = ".".join(str(p) for p in parts)
-        if any(isinstance(p, str) and (p.isdigit() or "." in p) for p in parts):
-            self.ambiguous[text] = list(parts)
-        return text
-
-
-def _same(a: Any, b: Any) -> bool:
-    return type(a) is type(b) and a == b
-
-
-def _diff(pre: dict[str, Any], post: dict[str, Any], prefix: list[str | int], out: _Out) -> None:
-    for k, new in post.items():
-        parts: list[str | int] = [*prefix, k]
-        if k not in pre:
-            out.updated[out.path(parts)] = new
-            continue
-        old = pre[k]
-        if _same(old, new):
-            continue
-        if isinstance(old, dict) and isinstance(new, dict):
-            _diff(old, new, parts, out)
-        elif isinstance(old, list) and isinstance(new, list):
-            _diff_array(old, new, parts, out)
-        else:
-            out.updated[out.path(parts)] = new
-    for k in pre:
-        if k not in post:
-            out.removed.append(out.path([*prefix, k]))
-
-
-def _diff_array(old: list[Any], new: list[Any], parts: list[str | int], out: _Out) -> None:
-    common = min(len(old), len(new))
-    if len(new) < len(old):
-        out.truncated.append({"field": ".".join(str(p) for p in parts), "newSize": len(new)})
-    for i in range(common):
-        if _same(old[i], new[i]):
-            continue
-        if isinstance(old[i], dict) and isinstance(new[i], dict):
-            _diff(old[i], new[i], [*parts, i], out)
-        else:
-            out.updated[out.path([*parts, i])] = new[i]
-    for i in range(common, len(new)):
-        out.updated[out.path([*parts, i])] = new[i]
-
-
 class Clock:
     """Cluster time: a Timestamp that strictly increases with every tick."""
 
@@ -168,6 +97,10 @@ class Store:
         self.history_start = self.clock.tick()
         self.versions: dict[bytes, Timestamp] = {}
         self._new_data = asyncio.Event()
+        self._armed = False
+        self.profiling: dict[
+            str, dict[str, Any]
+        ] = {}  # per database: the profile command's settings
 
     # ---- metadata ---------------------------------------------------------------
     def collection(self, db: str, coll: str) -> Collection:
@@ -197,9 +130,7 @@ class Store:
                 coll,
                 _now(),
                 uuid=self.meta[(db, coll)]["uuid"],
-                extra={
-                    "operationDescription": {"idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}}
-                },
+                extra={"operationDescription": _create_description(options or {})},
             )
         )
         return True
@@ -217,12 +148,19 @@ class Store:
     # ---- the oplog --------------------------------------------------------------
     def append(self, entry: OplogEntry) -> None:
         self.oplog.append(entry)
-        self._new_data.set()
-        self._new_data = asyncio.Event()
+        self._wake()
+
+    def _wake(self) -> None:
+        # a fresh Event only when someone waits on the current one: appends are the hot path
+        if self._armed:
+            self._armed = False
+            self._new_data.set()
+            self._new_data = asyncio.Event()
 
     async def wait_for_data(self, timeout: float) -> None:
         """Wait until something is appended, or ``timeout`` seconds pass."""
         event = self._new_data
+        self._armed = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
 
@@ -238,11 +176,18 @@ class Store:
             return None
         ts = self.clock.tick()
         wall = _now()
+        per_ns: dict[tuple[str, str], tuple[bool, Binary | None]] = {}
         for i, ch in enumerate(changes):
             if not in_txn and i:
                 ts = self.clock.tick()
             self.versions[key_bytes(ch.db, ch.coll, ch.key)] = ts
-            self.append(
+            ns = per_ns.get((ch.db, ch.coll))
+            if ns is None:
+                ns = per_ns[(ch.db, ch.coll)] = (
+                    self.images_enabled(ch.db, ch.coll),
+                    self.meta.get((ch.db, ch.coll), {}).get("uuid"),
+                )
+            self.oplog.append(
                 OplogEntry(
                     ts,
                     i if in_txn else 0,
@@ -254,12 +199,13 @@ class Store:
                     post=ch.post,
                     pre=ch.pre,
                     update_desc=ch.update_desc,
-                    images=self.images_enabled(ch.db, ch.coll),
+                    images=ns[0],
                     lsid=lsid if in_txn else None,
                     txn_number=txn_number if in_txn else None,
-                    uuid=self.meta.get((ch.db, ch.coll), {}).get("uuid"),
+                    uuid=ns[1],
                 )
             )
+        self._wake()
         return ts
 
     def truncate_before(self, ts: Timestamp) -> int:
@@ -296,9 +242,11 @@ class Store:
     def rename(self, db: str, coll: str, to_db: str, to_coll: str, drop_target: bool) -> None:
         if (db, coll) not in self.meta:
             raise CommandError(26, "Source collection does not exist")
+        described: dict[str, Any] = {"to": {"db": to_db, "coll": to_coll}}
         if (to_db, to_coll) in self.meta:
             if not drop_target:
                 raise CommandError(48, "target namespace exists")
+            described["dropTarget"] = self.meta[(to_db, to_coll)]["uuid"]
             self.drop(to_db, to_coll)
         moved = self.data[db].pop(coll)
         moved.db, moved.name = to_db, to_coll
@@ -315,8 +263,15 @@ class Store:
                 _now(),
                 to=(to_db, to_coll),
                 uuid=meta["uuid"],
+                extra={"operationDescription": described},
             )
         )
+
+
+def _create_description(options: dict[str, Any]) -> dict[str, Any]:
+    if "viewOn" in options:
+        return {"viewOn": options["viewOn"], "pipeline": list(options.get("pipeline") or [])}
+    return {"idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}}
 
 
 def _now() -> datetime:

@@ -2,42 +2,21 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
-from bson import Decimal128, Int64, Timestamp
 from mongomock import filtering
 
-from changestream_worker.testing.emulator.engine import NOTHING, WriteFailure
+from changestream_worker.testing.emulator.engine import WriteFailure
+from changestream_worker.testing.emulator.keys import NOTHING
+from changestream_worker.testing.emulator.update_ops import (
+    OPS,
+    copy_value,
+    get_at,
+    put_at,
+    type_name,
+)
 
 Target = tuple[Any, Any]  # (parent dict or list, key or index)
-NUMERIC = (int, float, Int64, Decimal128)
-
-
-def copy_value(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {k: copy_value(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [copy_value(x) for x in v]
-    return v
-
-
-def _type_name(v: Any) -> str:
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, dict):
-        return "object"
-    if isinstance(v, list):
-        return "array"
-    if isinstance(v, str):
-        return "string"
-    if v is None:
-        return "null"
-    if isinstance(v, int):
-        return "int" if -(2**31) <= v < 2**31 else "long"
-    return "double" if isinstance(v, float) else type(v).__name__
 
 
 class _Update:
@@ -109,7 +88,7 @@ class _Update:
             if not rest:
                 out.append((node, key))
                 continue
-            child = _get(node, key)
+            child = get_at(node, key)
             if child is NOTHING or child is None:
                 if not create:
                     continue
@@ -118,7 +97,7 @@ class _Update:
                         28, f"Cannot create field '{rest[0]}' in element {{{head}: null}}"
                     )
                 child = {}
-                _put(node, key, child)
+                put_at(node, key, child)
             elif not isinstance(child, dict | list):
                 if not create:
                     continue
@@ -132,7 +111,7 @@ class _Update:
         array_path = ".".join(seen)
         arr = self.doc
         for p in seen:
-            arr = _get(arr, int(p) if isinstance(arr, list) else p)
+            arr = get_at(arr, int(p) if isinstance(arr, list) else p)
         relevant = {
             k: v for k, v in self.query.items() if k == array_path or k.startswith(array_path + ".")
         }
@@ -155,7 +134,7 @@ class _Update:
         for op, fields in update.items():
             if not isinstance(fields, dict):
                 raise WriteFailure(
-                    9, f"Modifiers operate on fields but we found type {_type_name(fields)} instead"
+                    9, f"Modifiers operate on fields but we found type {type_name(fields)} instead"
                 )
             for path in fields:
                 paths.append(path)
@@ -187,7 +166,7 @@ class _Update:
             if any(p.startswith("$") for p in (src + "." + dst).split(".")):
                 raise WriteFailure(2, "The source and target field for $rename must not contain $")
             found = self.targets(src, create=False)
-            if not found or _get(*found[0]) is NOTHING:
+            if not found or get_at(*found[0]) is NOTHING:
                 continue
             parent, key = found[0]
             if isinstance(parent, list):
@@ -209,207 +188,6 @@ def _check_conflicts(paths: list[str]) -> None:
                 raise WriteFailure(
                     40, f"Updating the path '{'.'.join(b)}' would create a conflict at '{shorter}'"
                 )
-
-
-def _has(node: Any, key: Any) -> bool:
-    return key in node if isinstance(node, dict) else 0 <= key < len(node)
-
-
-def _get(node: Any, key: Any) -> Any:
-    if isinstance(node, dict):
-        return node.get(key, NOTHING)
-    if isinstance(node, list) and isinstance(key, int) and 0 <= key < len(node):
-        return node[key]
-    return NOTHING
-
-
-def _put(node: Any, key: Any, value: Any) -> None:
-    if isinstance(node, dict):
-        node[key] = value
-        return
-    while len(node) <= key:
-        node.append(None)
-    node[key] = value
-
-
-def _set(u: _Update, parent: Any, key: Any, arg: Any, path: str) -> None:
-    _put(parent, key, copy_value(arg))
-
-
-def _unset(u: _Update, parent: Any, key: Any, arg: Any, path: str) -> None:
-    if isinstance(parent, dict):
-        parent.pop(key, None)
-    elif _has(parent, key):
-        parent[key] = None
-
-
-def _arith(name: str, fn: Callable[[Any, Any], Any], empty: Callable[[Any], Any]) -> Any:
-    def op(u: _Update, parent: Any, key: Any, arg: Any, path: str) -> None:
-        if not isinstance(arg, NUMERIC) or isinstance(arg, bool):
-            raise WriteFailure(
-                14, f"Cannot {name[1:]} with non-numeric argument: {{{path}: {arg!r}}}"
-            )
-        cur = _get(parent, key)
-        if cur is NOTHING:
-            _put(parent, key, empty(arg))
-            return
-        if not isinstance(cur, NUMERIC) or isinstance(cur, bool):
-            raise WriteFailure(
-                14,
-                f"Cannot apply {name} to a value of non-numeric type. "
-                f"{{_id: {u.doc.get('_id')!r}}} has the field '{key}' of non-numeric type "
-                f"{_type_name(cur)}",
-            )
-        result = fn(cur, arg)
-        if isinstance(cur, Int64) or isinstance(arg, Int64):
-            result = Int64(result) if isinstance(result, int) else result
-        _put(parent, key, result)
-
-    return op
-
-
-def _compare(keep_new: Callable[[int], bool]) -> Any:
-    def op(u: _Update, parent: Any, key: Any, arg: Any, path: str) -> None:
-        cur = _get(parent, key)
-        if cur is NOTHING:
-            _put(parent, key, copy_value(arg))
-            return
-        lt = filtering.bson_compare(lambda a, b: a < b, arg, cur)
-        gt = filtering.bson_compare(lambda a, b: a > b, arg, cur)
-        if keep_new(-1 if lt else 1 if gt else 0):
-            _put(parent, key, copy_value(arg))
-
-    return op
-
-
-def _current_date(u: _Update, parent: Any, key: Any, arg: Any, path: str) -> None:
-    if isinstance(arg, dict) and arg.get("$type") == "timestamp":
-        _put(parent, key, Timestamp(int(time.time()), 1))
-        return
-    if not (arg is True or (isinstance(arg, dict) and arg.get("$type") == "date")):
-        raise WriteFailure(
-            2,
-            f"{path} is not valid type for $currentDate. Please use a boolean ('true') "
-            "or a $type expression ({$type: 'timestamp/date'}).",
-        )
-    now = datetime.now(UTC).replace(tzinfo=None)
-    _put(parent, key, now.replace(microsecond=now.microsecond // 1000 * 1000))
-
-
-def _array_at(u: _Update, parent: Any, key: Any, op: str, create: bool) -> list[Any] | None:
-    cur = _get(parent, key)
-    if cur is NOTHING:
-        if not create:
-            return None
-        cur = []
-        _put(parent, key, cur)
-    if not isinstance(cur, list):
-        raise WriteFailure(
-            2 if op != "$pop" else 14,
-            f"The field '{key}' must be an array but is of type {_type_name(cur)} in document "
-            f"{{_id: {u.doc.get('_id')!r}}}",
-        )
-    return cur
-
-
-def _add_to_set(u: _Update, parent: Any, key: Any, arg: Any, path: str) -> None:
-    arr = _array_at(u, parent, key, "$addToSet", True)
-    assert arr is not None
-    items = arg["$each"] if isinstance(arg, dict) and "$each" in arg else [arg]
-    for item in items:
-        if not any(filtering.operator_eq(e, item) and filtering.operator_eq(item, e) for e in arr):
-            arr.append(copy_value(item))
-
-
-def _push(u: _Update, parent: Any, key: Any, arg: Any, path: str) -> None:
-    arr = _array_at(u, parent, key, "$push", True)
-    assert arr is not None
-    if isinstance(arg, dict) and "$each" in arg:
-        each = [copy_value(v) for v in arg["$each"]]
-        pos = arg.get("$position")
-        if pos is None:
-            arr.extend(each)
-        else:
-            pos = int(pos) if int(pos) >= 0 else max(0, len(arr) + int(pos))
-            arr[pos:pos] = each
-        if "$sort" in arg:
-            spec = arg["$sort"]
-            if isinstance(spec, dict):
-                from changestream_worker.testing.emulator.query import sort_docs
-
-                arr[:] = sort_docs(list(arr), list(spec.items()), None)
-            else:
-                arr[:] = sorted(arr, key=filtering.BsonComparable, reverse=spec < 0)
-        if "$slice" in arg:
-            n = int(arg["$slice"])
-            arr[:] = arr[:n] if n >= 0 else arr[n:]
-    else:
-        arr.append(copy_value(arg))
-
-
-def _pop(u: _Update, parent: Any, key: Any, arg: Any, path: str) -> None:
-    arr = _array_at(u, parent, key, "$pop", False)
-    if arr:
-        arr.pop(0 if arg == -1 else -1)
-
-
-def _matches_pull(cond: Any, elem: Any) -> bool:
-    if isinstance(cond, dict) and cond:
-        if all(k.startswith("$") for k in cond):
-            return filtering.filter_applies({"v": cond}, {"v": elem})
-        return isinstance(elem, dict) and filtering.filter_applies(cond, elem)
-    return filtering.filter_applies({"v": cond}, {"v": elem}) and not isinstance(elem, list)
-
-
-def _pull(u: _Update, parent: Any, key: Any, arg: Any, path: str) -> None:
-    cur = _get(parent, key)
-    if cur is NOTHING:
-        return
-    if not isinstance(cur, list):
-        raise WriteFailure(2, "Cannot apply $pull to a non-array value")
-    cur[:] = [e for e in cur if not _matches_pull(arg, e)]
-
-
-def _pull_all(u: _Update, parent: Any, key: Any, arg: Any, path: str) -> None:
-    if not isinstance(arg, list):
-        raise WriteFailure(
-            2, f"$pullAll requires an array argument but was given a {_type_name(arg)}"
-        )
-    cur = _get(parent, key)
-    if cur is NOTHING:
-        return
-    if not isinstance(cur, list):
-        raise WriteFailure(2, "Cannot apply $pullAll to a non-array value")
-    cur[:] = [e for e in cur if not any(filtering.operator_eq(e, v) for v in arg)]
-
-
-def _bit(u: _Update, parent: Any, key: Any, arg: Any, path: str) -> None:
-    cur = _get(parent, key)
-    value = 0 if cur is NOTHING else cur
-    if not isinstance(value, int):
-        raise WriteFailure(14, f"Cannot apply $bit to a value of non-integral type. {path}")
-    for how, n in (arg or {}).items():
-        value = {"and": value & n, "or": value | n, "xor": value ^ n}[how]
-    _put(parent, key, value)
-
-
-OPS: dict[str, Any] = {
-    "$set": _set,
-    "$setOnInsert": _set,
-    "$unset": _unset,
-    "$inc": _arith("$inc", lambda a, b: a + b, lambda b: b),
-    "$mul": _arith("$mul", lambda a, b: a * b, lambda b: 0 * b),
-    "$min": _compare(lambda c: c < 0),
-    "$max": _compare(lambda c: c > 0),
-    "$currentDate": _current_date,
-    "$addToSet": _add_to_set,
-    "$push": _push,
-    "$pop": _pop,
-    "$pull": _pull,
-    "$pullAll": _pull_all,
-    "$bit": _bit,
-    "$rename": None,
-}
 
 
 def apply_operators(
