@@ -12,12 +12,17 @@ from changestream_worker import ChangeEvent, Handler, HandlerContext
 
 
 class NoOp(Handler):
-    """Does nothing but count."""
+    """Does nothing but count (and note when the first event arrived)."""
 
     done: ClassVar[int] = 0
+    first: ClassVar[float] = 0.0
+    first_cpu: ClassVar[float] = 0.0
 
     async def handle(self, event: ChangeEvent, ctx: HandlerContext) -> None:
-        type(self).done += 1
+        cls = type(self)
+        if not cls.done:
+            cls.first, cls.first_cpu = time.perf_counter(), time.process_time()
+        cls.done += 1
 
 
 class NoOpBatch(Handler):

@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Hashable
 from operator import itemgetter
 from typing import TYPE_CHECKING
+
+from bson import ObjectId
 
 if TYPE_CHECKING:
     from changestream_worker.events import ChangeEvent
@@ -16,6 +19,23 @@ if TYPE_CHECKING:
 #: one submitted event: (stream sequence number, event, its watermark entry)
 Item = tuple[int, "ChangeEvent", "Entry"]
 _seq_of = itemgetter(0)
+_SIMPLE_IDS = (ObjectId, str, int)
+
+
+def lane_of(event: ChangeEvent) -> Hashable:
+    """The lane of an event: ``(coll, db, _id)`` for the usual ids, else ``lane_key``.
+
+    A tuple costs a fraction of ``lane_key``'s text. Keys that Python deems equal (``1``
+    and ``1.0``) share a lane: that only ever serialises more, never reorders.
+    """
+    raw = event.raw
+    key = raw.get("documentKey")
+    if type(key) is dict and len(key) == 1:
+        value = key.get("_id")
+        ns = raw.get("ns")
+        if type(value) in _SIMPLE_IDS and type(ns) is dict:
+            return (ns.get("coll"), ns.get("db"), value)
+    return event.lane_key
 
 
 class Lanes:
@@ -33,8 +53,8 @@ class Lanes:
 
     def __init__(self, limit: int, batch: int) -> None:
         self.limit, self.batch = max(1, limit), max(1, batch)
-        self.queues: dict[str, deque[Item]] = {}
-        self.ready: deque[str] = deque()
+        self.queues: dict[Hashable, deque[Item]] = {}
+        self.ready: deque[Hashable] = deque()
         self.in_flight = 0
         self.closed = False
         self._seq = 0
@@ -54,7 +74,7 @@ class Lanes:
         """Queue ``event`` behind the earlier events of its document."""
         self._seq += 1
         self.in_flight += 1
-        key = event.lane_key
+        key = lane_of(event)
         queue = self.queues.get(key)
         if queue is None:
             self.queues[key] = deque([(self._seq, event, entry)])
@@ -79,7 +99,7 @@ class Lanes:
                     with contextlib.suppress(ValueError):
                         self._sleepers.remove(sleeper)
 
-    def take(self, keys: list[str], items: list[Item]) -> None:
+    def take(self, keys: list[Hashable], items: list[Item]) -> None:
         """Take ready events into ``items`` (up to ``batch``), holding their keys in ``keys``;
         keys already held get their newly queued events first."""
         room = self.batch - len(items)
@@ -102,7 +122,7 @@ class Lanes:
         if ready and self._sleepers and not self._waking:
             self._wake_one()  # more work than this worker takes: hand it to another
 
-    def release(self, keys: list[str], finished: int) -> None:
+    def release(self, keys: list[Hashable], finished: int) -> None:
         """A worker is done with ``keys``; ``finished`` events left flight."""
         queues, ready = self.queues, self.ready
         for key in keys:

@@ -103,6 +103,7 @@ class Watcher:
         self.last_token: Mapping[str, Any] | None = None
         self.last_event_wall: float | None = None
         self.state = "starting"
+        self._unsampled = 0  # events read since the lag gauge was last set
         self.reason = ""
         self.log = log.bind(watcher=self.name)
         self.checkpointer = Checkpointer(
@@ -261,7 +262,7 @@ class Watcher:
                     continue
                 event = ChangeEvent(item)
                 self.last_token = event.token
-                self._observe(event)
+                self._observe(event, queue.empty())
                 await self.dispatcher.submit(event)
         finally:
             pump.cancel()
@@ -325,11 +326,17 @@ class Watcher:
         if self.metrics is not None:
             self.metrics.watcher_up.labels(self.name).set(1 if up else 0)
 
-    def _observe(self, event: ChangeEvent) -> None:
+    def _observe(self, event: ChangeEvent, settled: bool) -> None:
         m = self.metrics
         if m is None:
             return
-        m.child(m.events_received_total, self.name, event.operation_type).inc()
+        m.child(m.events_received_total, self.name, event.operation_type).value += 1
+        # the gauges describe the newest event read: set them once per burst (when the
+        # read-ahead queue runs dry) or every 100 events, not for each event
+        self._unsampled += 1
+        if not settled and self._unsampled < 100:
+            return
+        self._unsampled = 0
         wall = event.wall_time
         ts = wall.timestamp() if wall else (event.cluster_time.time if event.cluster_time else None)
         now = time.time()
