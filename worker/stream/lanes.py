@@ -60,14 +60,15 @@ class Lanes:
         self._seq = 0
         self._sleepers: deque[asyncio.Future[None]] = deque()
         self._waking = 0  # sleepers woken that have not run yet
-        self._room: asyncio.Future[None] | None = None
+        self._room: list[asyncio.Future[None]] = []  # producers waiting for room
         self._idle: asyncio.Future[None] | None = None
 
     # ---- the producer ----------------------------------------------------------------
     async def wait_room(self) -> None:
         """Wait until fewer than ``limit`` events are in flight (or the lanes close)."""
         while self.in_flight >= self.limit and not self.closed:
-            room = self._room = asyncio.get_running_loop().create_future()
+            room = asyncio.get_running_loop().create_future()
+            self._room.append(room)
             await room
 
     def put(self, event: ChangeEvent, entry: Entry) -> None:
@@ -138,11 +139,8 @@ class Lanes:
     def finished(self, count: int) -> None:
         """``count`` events left flight (completed or dropped)."""
         self.in_flight -= count
-        room = self._room
-        if room is not None and self.in_flight < self.limit:
-            self._room = None
-            if not room.done():
-                room.set_result(None)
+        if self._room and self.in_flight < self.limit:
+            self._wake_producers()
         idle = self._idle
         if idle is not None and self.in_flight == 0:
             self._idle = None
@@ -173,9 +171,13 @@ class Lanes:
         self.closed = True
         while self._sleepers:
             self._wake_one()
-        room, self._room = self._room, None
-        if room is not None and not room.done():
-            room.set_result(None)
+        self._wake_producers()
+
+    def _wake_producers(self) -> None:
+        waiting, self._room = self._room, []
+        for room in waiting:
+            if not room.done():
+                room.set_result(None)
 
     def _wake_one(self) -> None:
         sleeper = self._sleepers.popleft()
