@@ -40,10 +40,14 @@ class Sleep5ms(Handler):
     """Simulates a 5 ms network call."""
 
     done: ClassVar[int] = 0
+    first: ClassVar[float] = 0.0
 
     async def handle(self, event: ChangeEvent, ctx: HandlerContext) -> None:
+        cls = type(self)
+        if not cls.done:
+            cls.first = time.perf_counter()
         await asyncio.sleep(0.005)
-        type(self).done += 1
+        cls.done += 1
 
 
 class Latency(Handler):

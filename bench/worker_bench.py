@@ -1,12 +1,14 @@
 """Benchmark the worker against the emulator (a separate process, like a real server).
 
 Each comparison interleaves its two sides and repeats them (``--reps``, default 5), then
-prints medians: (a) no-op handler vs a raw ``async for`` over the same stream, with the
-checkpoint writes per 10,000 events; (b) a 5 ms handler at concurrency 64 over 1,000 keys
-vs the sequential loop; (c) a batched no-op handler; (d) peak RSS of a worker process with
-a 100,000-event backlog and a slow handler; (e) insert → handler start latency at 1,000
-events/s. ``--hog`` runs (a) beside one busy process per core; ``--profile`` prints the
-top frames of one no-op run (cProfile).
+prints medians. Rates count from the first event to the last on both sides (start-up
+excluded); CPU µs per event is the process's CPU time over the same span.
+(a) no-op handler vs a raw ``async for`` over the same stream, with the checkpoint writes
+per 10,000 events; (b) a 5 ms handler at concurrency 64 over 1,000 keys vs the sequential
+loop; (c) a batched no-op handler; (d) peak RSS of a worker process with a 100,000-event
+backlog and a slow handler; (e) insert → handler start latency at 1,000 events/s.
+``--hog`` runs (a) beside one busy process per core; ``--profile`` prints the top frames
+of one no-op run (cProfile); ``--only w`` runs the no-op worker alone (for py-spy).
 Run: python bench/worker_bench.py [--reps 5] [--hog] [--profile] [--only a,b,c,d,e]
 """
 
@@ -87,7 +89,7 @@ async def run_worker(
     while counter() < n:  # noqa: ASYNC110 - a benchmark polls a counter, 1 ms is noise here
         await asyncio.sleep(0.001)
     elapsed = time.perf_counter() - (first() if first is not None else t0)
-    sup.metrics.cpu_us_per_event = (
+    sup.metrics.cpu_us_per_event = (  # meaningful for the no-op runs
         (time.process_time() - bench_handlers.NoOp.first_cpu) / (n - 1) * 1e6
     )
     await sup.shutdown()
@@ -175,11 +177,14 @@ async def bench_speedup(client: Any, uri: str, reps: int, out: dict[str, Any]) -
     for rep in range(reps):
         for side in ("seq", "conc") if rep % 2 == 0 else ("conc", "seq"):
             if side == "seq":
-                seqs.append(await raw_loop(client.b.items, ts, 400, five_ms))
+                seqs.append(await raw_loop(client.b.items, ts, 400, five_ms, steady=True))
                 continue
             bench_handlers.Sleep5ms.done = 0
             rate, _ = await run_worker(
-                config(uri, "b", "Sleep5ms", 64, start), lambda: bench_handlers.Sleep5ms.done, m
+                config(uri, "b", "Sleep5ms", 64, start),
+                lambda: bench_handlers.Sleep5ms.done,
+                m,
+                lambda: bench_handlers.Sleep5ms.first,
             )
             concs.append(rate)
     out["b_sequential_events_per_s"] = round(med(seqs))
