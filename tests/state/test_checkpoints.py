@@ -177,7 +177,7 @@ class TestCheckpointer:
             source,
             interval=3600,
             max_events=1000,
-            epoch=lambda: 6,
+            epoch=6,
             on_fenced=lambda: called.append(True),
         )
         source.complete(1)

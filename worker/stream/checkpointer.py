@@ -46,7 +46,7 @@ class Checkpointer:
         interval: seconds between writes at most.
         max_events: completions that trigger a write before the interval is up.
         metrics: collectors, or ``None``.
-        epoch: returns the current lease epoch, or ``None`` without leases.
+        epoch: the lease epoch this watcher runs under, or ``None`` without leases.
         on_fenced: called once when a write is fenced off.
     """
 
@@ -59,7 +59,7 @@ class Checkpointer:
         max_events: int,
         *,
         metrics: Metrics | None = None,
-        epoch: Callable[[], int | None] | None = None,
+        epoch: int | None = None,
         on_fenced: Callable[[], None] | None = None,
     ) -> None:
         self.store, self.watcher, self.source = store, watcher, source
@@ -131,7 +131,7 @@ class Checkpointer:
                 updated=datetime.now(UTC),
                 events_handled=self._base + count,
             )
-            epoch = self.epoch() if self.epoch is not None else None
+            epoch = self.epoch
             if not await self.store.save(self.watcher, checkpoint, epoch):
                 self._fenced(epoch)
                 return False

@@ -11,9 +11,10 @@ from mongomock import filtering
 
 from changestream_worker.testing.emulator import docops
 from changestream_worker.testing.emulator.changestream import KNOWN_STAGES, ChangeStream
-from changestream_worker.testing.emulator.context import Ctx, check_fields, command
+from changestream_worker.testing.emulator.context import Ctx, check_fields
 from changestream_worker.testing.emulator.cursors import first_batch
 from changestream_worker.testing.emulator.errors import CommandError, unsupported
+from changestream_worker.testing.emulator.registry import command
 
 
 def _write_error(i: int, exc: docops.WriteFailure) -> dict[str, Any]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from changestream_worker.testing.emulator.context import Ctx, check_fields, command
+from changestream_worker.testing.emulator.context import Ctx, check_fields
 from changestream_worker.testing.emulator.cursors import first_batch
 from changestream_worker.testing.emulator.errors import CommandError, unsupported
+from changestream_worker.testing.emulator.registry import command
 from changestream_worker.testing.emulator.store import OplogEntry, _now
 
 ID_INDEX = {"v": 2, "key": {"_id": 1}, "name": "_id_"}
