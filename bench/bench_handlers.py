@@ -29,11 +29,15 @@ class NoOpBatch(Handler):
     """Takes batches and does nothing but count (and remember the batch sizes)."""
 
     done: ClassVar[int] = 0
+    first: ClassVar[float] = 0.0
     sizes: ClassVar[list[int]] = []
 
     async def handle_batch(self, events: Sequence[ChangeEvent], ctx: HandlerContext) -> None:
-        type(self).done += len(events)
-        type(self).sizes.append(len(events))
+        cls = type(self)
+        if not cls.done:
+            cls.first = time.perf_counter()
+        cls.done += len(events)
+        cls.sizes.append(len(events))
 
 
 class Sleep5ms(Handler):

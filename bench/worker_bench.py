@@ -200,7 +200,10 @@ async def bench_batched(client: Any, uri: str, reps: int, out: dict[str, Any]) -
         bench_handlers.NoOpBatch.done = 0
         bench_handlers.NoOpBatch.sizes = []
         rate, _ = await run_worker(
-            config(uri, "c", "NoOpBatch", 4, start), lambda: bench_handlers.NoOpBatch.done, n
+            config(uri, "c", "NoOpBatch", 4, start),
+            lambda: bench_handlers.NoOpBatch.done,
+            n,
+            lambda: bench_handlers.NoOpBatch.first,
         )
         rates.append(rate)
         sizes.append(med([float(s) for s in bench_handlers.NoOpBatch.sizes] or [0.0]))

@@ -89,8 +89,9 @@ class BatchCalls:
         if len(events) > 1 and not is_transient(error or Exception()):
             # a permanent error for the whole batch: halve it until the poison event is alone
             mid = len(events) // 2
-            return (
-                await self._batch(b, events[:mid])
+            return (  # the lease guard holds before each of these calls too
+                self._may_go_on()
+                and await self._batch(b, events[:mid])
                 and self._may_go_on()
                 and await self._batch(b, events[mid:])
             )
