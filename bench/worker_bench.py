@@ -6,10 +6,11 @@ excluded); CPU µs per event is the process's CPU time over the same span.
 (a) no-op handler vs a raw ``async for`` over the same stream, with the checkpoint writes
 per 10,000 events; (b) a 5 ms handler at concurrency 64 over 1,000 keys vs the sequential
 loop; (c) a batched no-op handler; (d) peak RSS of a worker process with a 100,000-event
-backlog and a slow handler; (e) insert → handler start latency at 1,000 events/s.
+backlog and a slow handler; (e) insert → handler start latency at 1,000 events/s; (f) the
+raw loop with Motor beside PyMongo's async API.
 ``--hog`` runs (a) beside one busy process per core; ``--profile`` prints the top frames
 of one no-op run (cProfile); ``--only w`` runs the no-op worker alone (for py-spy).
-Run: python bench/worker_bench.py [--reps 5] [--hog] [--profile] [--only a,b,c,d,e]
+Run: python bench/worker_bench.py [--reps 5] [--hog] [--profile] [--only a,b,c,d,e,f]
 """
 
 from __future__ import annotations
@@ -115,6 +116,40 @@ async def raw_loop(
                 break
     raw_cpu_us_per_event = (time.process_time() - cpu) / max(1, n - 1) * 1e6
     return (n - 1 if steady else n) / (time.perf_counter() - t0)
+
+
+async def motor_loop(uri: str, db: str, start: Any, n: int) -> float | None:
+    """The raw loop with Motor's client (``pip install -e '.[bench]'``), if installed."""
+    try:
+        from motor.motor_asyncio import AsyncIOMotorClient
+    except ImportError:
+        return None
+    client = AsyncIOMotorClient(uri)
+    seen, t0 = 0, time.perf_counter()
+    async with client[db].items.watch(start_at_operation_time=start, batch_size=1000) as stream:
+        async for _change in stream:
+            if not seen:
+                t0 = time.perf_counter()
+            seen += 1
+            if seen >= n:
+                break
+    client.close()
+    return (n - 1) / (time.perf_counter() - t0)
+
+
+async def bench_motor(client: Any, uri: str, reps: int, out: dict[str, Any]) -> None:
+    n = 20_000
+    ts, _ = await prepare(client, "f", [{"_id": i} for i in range(n)])
+    motors, raws = [], []
+    for _ in range(reps):
+        rate = await motor_loop(uri, "f", ts, n)
+        if rate is None:
+            out["f_motor_raw_events_per_s"] = "motor not installed"
+            return
+        motors.append(rate)
+        raws.append(await raw_loop(client.f.items, ts, n, None, steady=True))
+    out["f_motor_raw_events_per_s"] = round(med(motors))
+    out["f_pymongo_raw_events_per_s"] = round(med(raws))
 
 
 async def prepare(
@@ -306,7 +341,7 @@ async def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--hog", action="store_true", help="also run (a) beside busy processes")
     parser.add_argument("--profile", action="store_true", help="top frames of a no-op run")
-    parser.add_argument("--only", default="a,b,c,d,e", help="sections; w: the no-op worker alone")
+    parser.add_argument("--only", default="a,b,c,d,e,f", help="sections; w: the no-op worker alone")
     args = parser.parse_args()
     only = set(args.only.split(","))
     configure_logging("json", "warning", stream=sys.stderr)
@@ -328,6 +363,7 @@ async def main() -> None:
             "c": lambda: bench_batched(client, uri, args.reps, out),
             "d": lambda: bench_rss(client, uri, out),
             "e": lambda: bench_latency(client, uri, out),
+            "f": lambda: bench_motor(client, uri, args.reps, out),
             "w": lambda: worker_only(client, uri, out),  # the no-op worker alone, for py-spy
         }
         for name, section in sections.items():
