@@ -15,8 +15,6 @@ import json
 import re
 from typing import Any
 
-import redis.asyncio as redis
-
 from changestream_worker import (
     ChangeEvent,
     Handler,
@@ -25,6 +23,12 @@ from changestream_worker import (
     SkipEvent,
     TransientError,
 )
+from changestream_worker.errors import MissingExtraError
+
+try:
+    import redis.asyncio as redis
+except ImportError as exc:  # check-config turns this into the pip install line
+    raise MissingExtraError("redis", "redis") from exc
 
 FIELD = re.compile(r"\{([^{}]+)\}")
 

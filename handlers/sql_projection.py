@@ -15,21 +15,6 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Boolean,
-    Column,
-    DateTime,
-    Float,
-    MetaData,
-    String,
-    Table,
-    Text,
-    func,
-)
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from changestream_worker import (
     ChangeEvent,
@@ -41,6 +26,26 @@ from changestream_worker import (
     TransientError,
     get_path,
 )
+from changestream_worker.errors import MissingExtraError
+
+try:
+    from sqlalchemy import (
+        JSON,
+        BigInteger,
+        Boolean,
+        Column,
+        DateTime,
+        Float,
+        MetaData,
+        String,
+        Table,
+        Text,
+        func,
+    )
+    from sqlalchemy.exc import DBAPIError, OperationalError
+    from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+except ImportError as exc:  # check-config turns this into the pip install line
+    raise MissingExtraError("sql", "sqlalchemy") from exc
 
 ColumnType = Literal["string", "integer", "float", "boolean", "json", "datetime"]
 SQL_TYPES: dict[str, Any] = {
