@@ -1,4 +1,4 @@
-"""sql_projection: keep a SQL table in step with a collection (PostgreSQL or MariaDB/MySQL).
+"""sql_projection: keep a SQL table in step with a collection (PostgreSQL, MariaDB/MySQL, SQLite).
 
 Guarantee: idempotent and order-proof. Every row carries ``source_ts``, the event's cluster
 time as ``time << 32 | increment``; a write only lands when its ``source_ts`` is newer than
@@ -151,6 +151,15 @@ class SqlProjection(Handler[SqlProjectionOptions]):
                 index_elements=[self.options.key_column],
                 set_={c: stmt.excluded[c] for c in data},
                 where=t.c.source_ts < stmt.excluded.source_ts,
+            )
+        if self.engine.dialect.name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as lite_insert
+
+            lite = lite_insert(t).values(**row)
+            return lite.on_conflict_do_update(
+                index_elements=[self.options.key_column],
+                set_={c: lite.excluded[c] for c in data},
+                where=t.c.source_ts < lite.excluded.source_ts,
             )
         if self.engine.dialect.name in ("mysql", "mariadb"):
             from sqlalchemy.dialects.mysql import insert as my_insert

@@ -1,10 +1,11 @@
-"""sql_projection against real PostgreSQL and MariaDB: a random history, then replays."""
+"""sql_projection against real PostgreSQL, MariaDB and SQLite: a random history, then replays."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +23,8 @@ URLS = {
         "POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
     ),
     "mariadb": os.environ.get("MARIADB_URL", "mysql+aiomysql://root@127.0.0.1:3306/test"),
+    # a file in the test's tmp_path (filled in by the test)
+    "sqlite": "sqlite+aiosqlite:///{tmp}/projection.db",
 }
 
 
@@ -61,11 +64,11 @@ def history(n: int, keys: int, seed: int) -> tuple[list[ChangeEvent], dict[str, 
 @pytest.mark.parametrize("backend", sorted(URLS))
 class TestSqlProjection:
     async def test_table_equals_collection_after_random_history_and_replays(
-        self, backend: str
+        self, backend: str, tmp_path: Path
     ) -> None:
         """5,000 random changes, then 1,000 earlier events replayed out of order: the live
         rows equal the collection exactly."""
-        url = URLS[backend]
+        url = URLS[backend].format(tmp=tmp_path)
         probe = create_async_engine(url)
         try:
             async with probe.connect() as conn:
