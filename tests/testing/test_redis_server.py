@@ -78,6 +78,28 @@ class TestCommands:
             await client.aclose()
         assert server.published == [(b"invalidated", b'["user:1"]')]
 
+    @pytest.mark.parametrize("protocol", [2, 3])
+    async def test_publish_reaches_subscribers(self, server: RedisServer, protocol: int) -> None:
+        """PUBLISH delivers to each SUBSCRIBEd client and answers how many got it."""
+        client = redis.from_url(server.url, protocol=protocol)
+        pubsub = client.pubsub()
+        try:
+            await pubsub.subscribe("inv")
+            assert await client.publish("inv", "k1") == 1
+            assert await client.publish("other", "k2") == 0
+            msg = None
+            for _ in range(50):  # the subscribe confirmation comes first and reads as None
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+                if msg is not None:
+                    break
+            assert msg is not None and msg["channel"] == b"inv" and msg["data"] == b"k1"
+            await pubsub.unsubscribe("inv")
+            await asyncio.sleep(0.05)
+            assert await client.publish("inv", "k3") == 0
+        finally:
+            await pubsub.aclose()
+            await client.aclose()
+
     async def test_unknown_command_is_an_error_and_the_connection_stays(
         self, server: RedisServer
     ) -> None:

@@ -1,8 +1,8 @@
 """A small Redis-protocol (RESP2/RESP3) server on asyncio: a test double for the demo and tests.
 
 It speaks what redis-py's asyncio client and ``cache_invalidation`` send: the connection
-handshake (HELLO, CLIENT SETINFO/SETNAME, SELECT), PING, ECHO, SET (EX/PX/NX/XX), GET, DEL,
-EXISTS, DBSIZE, FLUSHDB, PUBLISH, MULTI/EXEC/DISCARD and pipelines. Strings only, in memory.
+handshake (HELLO, CLIENT SETINFO/SETNAME, SELECT), PING, SET (EX/PX/NX/XX), GET, DEL, EXISTS,
+DBSIZE, PUBLISH/SUBSCRIBE, MULTI/EXEC/DISCARD and pipelines. Strings only, in memory.
 """
 
 from __future__ import annotations
@@ -19,8 +19,12 @@ import structlog
 
 from changestream_worker.testing.resp import (
     CommandError,
+    Frames,
     ProtocolError,
+    Push,
     Simple,
+    arity,
+    as_int,
     encode,
     read_command,
 )
@@ -33,6 +37,8 @@ class _Session:
     protocol: int = 2
     db: int = 0
     queued: list[list[bytes]] | None = None  # inside MULTI
+    writer: asyncio.StreamWriter | None = None
+    channels: set[bytes] = field(default_factory=set)  # SUBSCRIBEd to
 
 
 @dataclass
@@ -71,9 +77,9 @@ class RedisServer:
         self.published: list[tuple[bytes, bytes]] = []
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._subscribers: dict[bytes, list[_Session]] = {}
         self._commands: dict[bytes, Callable[[_Session, list[bytes]], Any]] = {
             b"PING": self._ping,
-            b"ECHO": self._echo,
             b"HELLO": self._hello,
             b"CLIENT": self._client,
             b"SELECT": self._select,
@@ -82,8 +88,9 @@ class RedisServer:
             b"DEL": self._del,
             b"EXISTS": self._exists,
             b"DBSIZE": lambda s, a: len(self.store.db(s.db)),
-            b"FLUSHDB": self._flushdb,
             b"PUBLISH": self._publish,
+            b"SUBSCRIBE": self._subscribe,
+            b"UNSUBSCRIBE": self._unsubscribe,
         }
 
     @property
@@ -126,7 +133,7 @@ class RedisServer:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
-        session = _Session()
+        session = _Session(writer=writer)
         try:
             while True:
                 args = await read_command(reader)
@@ -147,6 +154,7 @@ class RedisServer:
             pass
         finally:
             self._connections.discard(task)
+            self._unsubscribe(session, [])
             writer.close()
             with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                 await writer.wait_closed()
@@ -182,27 +190,17 @@ class RedisServer:
 
     # ---- commands --------------------------------------------------------------
     def _ping(self, s: _Session, a: list[bytes]) -> Any:
+        if s.channels:  # RESP2 subscribers get PONG as a pub/sub frame
+            return Push([b"pong", a[0] if a else b""])
         return a[0] if a else Simple("PONG")
-
-    def _echo(self, s: _Session, a: list[bytes]) -> Any:
-        _arity(a, 1, 1, "echo")
-        return a[0]
 
     def _hello(self, s: _Session, a: list[bytes]) -> Any:
         if a:
             if a[0] not in (b"2", b"3"):
                 raise CommandError("unsupported protocol version", code="NOPROTO")
             s.protocol = int(a[0])
-        info: dict[str, Any] = {
-            "server": "redis",
-            "version": "7.2.0",
-            "proto": s.protocol,
-            "id": id(s) % 100000,
-            "mode": "standalone",
-            "role": "master",
-            "modules": [],
-        }
-        return info
+        info = {"server": "redis", "version": "7.2.0", "proto": s.protocol, "id": id(s) % 10**5}
+        return {**info, "mode": "standalone", "role": "master", "modules": []}
 
     def _client(self, s: _Session, a: list[bytes]) -> Any:
         sub = a[0].upper() if a else b""
@@ -211,21 +209,21 @@ class RedisServer:
         raise CommandError(f"unknown subcommand '{sub.decode(errors='replace')}'")
 
     def _select(self, s: _Session, a: list[bytes]) -> Any:
-        _arity(a, 1, 1, "select")
-        s.db = _int(a[0])
+        arity(a, 1, 1, "select")
+        s.db = as_int(a[0])
         if not 0 <= s.db < 16:
             raise CommandError("DB index is out of range")
         return Simple("OK")
 
     def _set(self, s: _Session, a: list[bytes]) -> Any:
-        _arity(a, 2, 6, "set")
+        arity(a, 2, 6, "set")
         key, value, opts = a[0], a[1], [o.upper() for o in a[2:]]
         expires: float | None = None
         db = self.store.db(s.db)
         i = 0
         while i < len(opts):
             if opts[i] in (b"EX", b"PX") and i + 1 < len(opts):
-                amount = _int(a[2 + i + 1])
+                amount = as_int(a[2 + i + 1])
                 if amount <= 0:
                     raise CommandError("invalid expire time in 'set' command")
                 expires = time.monotonic() + (amount if opts[i] == b"EX" else amount / 1000)
@@ -241,11 +239,11 @@ class RedisServer:
         return Simple("OK")
 
     def _get(self, s: _Session, a: list[bytes]) -> Any:
-        _arity(a, 1, 1, "get")
+        arity(a, 1, 1, "get")
         return self.store.get(s.db, a[0])
 
     def _del(self, s: _Session, a: list[bytes]) -> Any:
-        _arity(a, 1, None, "del")
+        arity(a, 1, None, "del")
         gone = 0
         for key in a:
             if self.store.get(s.db, key) is not None:
@@ -254,26 +252,34 @@ class RedisServer:
         return gone
 
     def _exists(self, s: _Session, a: list[bytes]) -> Any:
-        _arity(a, 1, None, "exists")
+        arity(a, 1, None, "exists")
         return sum(self.store.get(s.db, key) is not None for key in a)
 
-    def _flushdb(self, s: _Session, a: list[bytes]) -> Any:
-        self.store.db(s.db).clear()
-        return Simple("OK")
-
     def _publish(self, s: _Session, a: list[bytes]) -> Any:
-        _arity(a, 2, 2, "publish")
+        arity(a, 2, 2, "publish")
         self.published.append((a[0], a[1]))
-        return 0  # no subscribers: this server has no SUBSCRIBE
+        receivers = self._subscribers.get(a[0], [])
+        for peer in receivers:
+            if peer.writer is not None:
+                peer.writer.write(encode(Push([b"message", a[0], a[1]]), peer.protocol))
+        return len(receivers)
 
+    def _subscribe(self, s: _Session, a: list[bytes]) -> Any:
+        arity(a, 1, None, "subscribe")
+        frames = []
+        for channel in a:
+            if channel not in s.channels:
+                s.channels.add(channel)
+                self._subscribers.setdefault(channel, []).append(s)
+            frames.append(Push([b"subscribe", channel, len(s.channels)]))
+        return Frames(frames)
 
-def _arity(a: list[bytes], least: int, most: int | None, name: str) -> None:
-    if len(a) < least or (most is not None and len(a) > most):
-        raise CommandError(f"wrong number of arguments for '{name}' command")
-
-
-def _int(raw: bytes) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise CommandError("value is not an integer or out of range") from None
+    def _unsubscribe(self, s: _Session, a: list[bytes]) -> Any:
+        frames = []
+        for channel in a or sorted(s.channels):
+            s.channels.discard(channel)
+            peers = self._subscribers.get(channel, [])
+            if s in peers:
+                peers.remove(s)
+            frames.append(Push([b"unsubscribe", channel, len(s.channels)]))
+        return Frames(frames)

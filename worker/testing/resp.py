@@ -25,6 +25,26 @@ class Simple(str):
     """A RESP simple string (``+OK``) rather than a bulk string."""
 
 
+class Push(list[Any]):
+    """Out-of-band data (pub/sub): a push in RESP3, an array in RESP2."""
+
+
+class Frames(list[Any]):
+    """Several replies to one command (SUBSCRIBE answers once per channel)."""
+
+
+def arity(a: list[bytes], least: int, most: int | None, name: str) -> None:
+    if len(a) < least or (most is not None and len(a) > most):
+        raise CommandError(f"wrong number of arguments for '{name}' command")
+
+
+def as_int(raw: bytes) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise CommandError("value is not an integer or out of range") from None
+
+
 async def _read_line(reader: asyncio.StreamReader) -> bytes | None:
     try:
         line = await reader.readline()
@@ -88,6 +108,10 @@ def encode(value: Any, protocol: int = 2) -> bytes:
         items = [x for kv in value.items() for x in kv]
         head = b"%%%d\r\n" % len(value) if protocol == 3 else b"*%d\r\n" % len(items)
         return head + b"".join(encode(x, protocol) for x in items)
+    if isinstance(value, Frames):
+        return b"".join(encode(x, protocol) for x in value)
+    if isinstance(value, Push) and protocol == 3:
+        return b">%d\r\n" % len(value) + b"".join(encode(x, protocol) for x in value)
     if isinstance(value, list):
         return b"*%d\r\n" % len(value) + b"".join(encode(x, protocol) for x in value)
     raise TypeError(f"cannot encode {type(value).__name__}")
