@@ -54,6 +54,8 @@ async def _generate(client: Client, cache: Cache, stop: asyncio.Event) -> None:
         prices[sku] = price if price != prices[sku] else round(price + 0.01, 2)
         await shop.products.update_one({"_id": sku}, {"$set": {"price": prices[sku]}})
         cache.product_changes += 1
+        if n % 10 == 0:  # a delivery: backordered items can ship again
+            await shop.inventory.update_many({}, {"$inc": {"available": 5}})
         if n % 5 == 0:
             new = f"sticker-{n // 5}"
             prices[new] = 2.0

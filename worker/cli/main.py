@@ -136,7 +136,7 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _ops_logging(settings)
-    return _run_async(ops.checkpoint_reset(settings, args.watcher, args.to))
+    return _run_async(ops.checkpoint_reset(settings, args.watcher, args.to, args.yes))
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
@@ -212,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--watcher", metavar="W", required=True)
     q.add_argument("--to", metavar="now|ISO", required=True, help="now, or an ISO-8601 time")
+    q.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
 
     p = add("emulator", cmd_emulator, "serve the in-process replica-set emulator over TCP")
     p.add_argument("--host", default="127.0.0.1")

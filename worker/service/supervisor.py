@@ -9,7 +9,6 @@ import random
 import signal
 import socket
 import traceback
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -23,10 +22,10 @@ from changestream_worker.logs import mask_uri
 from changestream_worker.metrics import Metrics
 from changestream_worker.service.coordination import Coordinator
 from changestream_worker.service.headroom import watch_headroom
-from changestream_worker.state import names
 from changestream_worker.state.checkpoints import MongoCheckpointStore
 from changestream_worker.state.deadletters import DeadLetterStore
 from changestream_worker.state.leases import Lease, partition_stage
+from changestream_worker.state.status import StatusStore
 from changestream_worker.stream.dispatch import Dispatcher
 from changestream_worker.stream.watcher import Watcher, WatcherStopped
 
@@ -76,6 +75,7 @@ class Supervisor:
         self.coordinator: Coordinator | None = None
         self._background: list[asyncio.Task[None]] = []
         self.headroom_interval = 10.0  # seconds between oplog headroom refreshes
+        self.status_interval = 5.0  # seconds between watcher_status refreshes
         self._signals = 0
 
     # ---- lifecycle --------------------------------------------------------------
@@ -139,6 +139,7 @@ class Supervisor:
                 )
             )
         )
+        self._background.append(asyncio.create_task(self._report()))
         for ws in self.settings.watchers:
             for partition, name in enumerate(self._instance_names(ws)):
                 slot = WatcherSlot(ws, name, partition)
@@ -277,20 +278,24 @@ class Supervisor:
         """Record the slot's state for `changestream-worker status` (best effort)."""
         if self.client is None:
             return
+        w = slot.watcher
         with contextlib.suppress(PyMongoError):
-            await self.client[self.settings.state.database][names.WATCHER_STATUS].update_one(
-                {"_id": slot.name},
-                {
-                    "$set": {
-                        "state": slot.state,
-                        "reason": slot.reason,
-                        "instance": self.instance_id,
-                        "restarts": slot.restarts,
-                        "updated": datetime.now(UTC),
-                    }
-                },
-                upsert=True,
+            await StatusStore(self.client[self.settings.state.database]).publish(
+                slot.name,
+                state=slot.state,
+                reason=slot.reason,
+                instance=self.instance_id,
+                restarts=slot.restarts,
+                in_flight=w.dispatcher.in_flight if w is not None else 0,
             )
+
+    async def _report(self) -> None:
+        # the figures of running watchers move between state changes: refresh them
+        while not self.stop_requested.is_set():
+            await self._wait(self.status_interval)
+            for slot in self.slots:
+                if slot.state == "running":
+                    await self._publish(slot)
 
     async def _relay_stop(self, watcher: Watcher, lease: Lease | None) -> None:
         waits = [asyncio.create_task(self.stop_requested.wait())]
