@@ -11,10 +11,11 @@ Updates need the whole document: run the watcher with ``full_document: updateLoo
 
 from __future__ import annotations
 
+import importlib.util
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from changestream_worker import (
     ChangeEvent,
@@ -47,6 +48,7 @@ try:
 except ImportError as exc:  # check-config turns this into the pip install line
     raise MissingExtraError("sql", "sqlalchemy") from exc
 
+DRIVER_EXTRAS = {"asyncpg": "postgres", "aiomysql": "mysql"}  # SQLAlchemy driver -> extra
 ColumnType = Literal["string", "integer", "float", "boolean", "json", "datetime"]
 SQL_TYPES: dict[str, Any] = {
     "string": Text,
@@ -74,6 +76,20 @@ class SqlProjectionOptions(HandlerOptions):
     columns: dict[str, str | ColumnSpec]
     key_column: str = "id"
     create_table: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _driver_installed(cls, url: str) -> str:
+        # SQLAlchemy imports the driver only when connecting: say which extra brings it now
+        scheme = url.partition("://")[0]
+        driver = scheme.partition("+")[2]
+        extra = DRIVER_EXTRAS.get(driver)
+        if extra is not None and importlib.util.find_spec(driver) is None:
+            raise ValueError(
+                f"the {scheme} driver {driver!r} is not installed:"
+                f" pip install 'changestream-worker[{extra}]'"
+            )
+        return url
 
 
 def _plain(value: Any, kind: str) -> Any:

@@ -195,6 +195,26 @@ class TestMissingExtras:
             " pip install 'changestream-worker[sql]'",
         ]
 
+    @pytest.mark.parametrize(
+        ("url", "driver", "extra"),
+        [
+            ("postgresql+asyncpg://postgres@127.0.0.1/test", "asyncpg", "postgres"),
+            ("mysql+aiomysql://root@127.0.0.1/test", "aiomysql", "mysql"),
+        ],
+    )
+    def test_missing_sql_driver_names_its_extra(
+        self, tmp_path: Path, url: str, driver: str, extra: str
+    ) -> None:
+        """A projection URL whose driver is not installed names the extra that brings it."""
+        options = {"url": url, "table": "t", "columns": {"name": "name"}}
+        cfg = config(handlers={"rows": {"type": "sql_projection", "options": options}})
+        cfg["watchers"][0]["handlers"] = ["rows"]
+        scheme = url.partition("://")[0]
+        assert fails_with(tmp_path, cfg, env=without_modules(tmp_path, driver)) == [
+            f"handlers.rows.options.url: the {scheme} driver {driver!r} is not installed:"
+            f" pip install 'changestream-worker[{extra}]'"
+        ]
+
     def test_same_config_passes_with_the_libraries(self, tmp_path: Path) -> None:
         """With the libraries importable the same handlers pass check-config (the shim is real)."""
         cfg = config(
