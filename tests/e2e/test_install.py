@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import venv
 from collections.abc import Iterator
@@ -13,7 +14,8 @@ import pytest
 
 from tests.e2e.test_demo import run_demo
 
-pytestmark = pytest.mark.slow
+# building and installing into a fresh venv takes a minute, several on a busy machine
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parents[2]
 TOP_LEVEL = """
 import json
@@ -39,10 +41,16 @@ def _clean_env() -> dict[str, str]:
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A fresh venv with the project installed from this checkout, built once per module."""
     home = tmp_path_factory.mktemp("install")
+    # what the Dockerfile copies: a build in a copy leaves no build/ in this checkout
+    source = home / "source"
+    for name in ("worker", "handlers"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, source / name)
     venv.create(home / "venv", with_pip=True)
     py = home / "venv" / "bin" / "python"
     proc = subprocess.run(
-        [str(py), "-m", "pip", "install", "-q", str(REPO)],
+        [str(py), "-m", "pip", "install", "-q", str(source)],
         capture_output=True,
         text=True,
         timeout=600,

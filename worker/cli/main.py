@@ -187,7 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = add("handlers", cmd_handlers, "list the available handler types and their options")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = add("status", cmd_status, "per watcher: checkpoint time, lag, dead letters, state")
+    p = add(
+        "status",
+        cmd_status,
+        "one line per watcher: state, checkpoint, lag, in-flight, dead letters, lease owner",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = add("dlq", cmd_dlq, "dead letters: list, replay or purge")
