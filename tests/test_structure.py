@@ -14,7 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # the repository's folders and the import names they install as (pyproject package-dir)
 FOLDERS = {"worker": "changestream_worker", "handlers": "changestream_worker.handlers"}
 # the command line may start the emulator (`emulator`, `embedded://`, `demo`)
-MAY_IMPORT_TESTING = {"changestream_worker.cli.main", "changestream_worker.cli.demo"}
+MAY_IMPORT_TESTING = {
+    "changestream_worker.cli.main",
+    "changestream_worker.cli.demo",
+    "changestream_worker.cli.demo_parts",
+}
 
 
 def modules() -> dict[str, Path]:
