@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,39 +49,50 @@ def _ns(ctx: Ctx, cmd: dict[str, Any]) -> tuple[str, str]:
     return ctx.db, name
 
 
-def _oplog_view(ctx: Ctx, cmd: dict[str, Any]) -> list[dict[str, Any]]:
+def _oplog_view(ctx: Ctx, cmd: dict[str, Any], want: int | None) -> list[dict[str, Any]]:
+    """``local.oplog.rs`` as a replica set shows it; built entry by entry and only as far as
+    ``want`` matching entries, so reading the first or last one does not walk all history."""
     ops = {"insert": "i", "update": "u", "replace": "u", "delete": "d"}
-    docs = [
-        {
-            "ts": e.ts,
-            "t": Int64(ctx.server.term),
-            "wall": e.wall,
-            "op": ops.get(e.op, "c"),
-            "ns": f"{e.db}.{e.coll}" if e.coll else f"{e.db}.$cmd",
-            "o": e.key or {},
-        }
-        for e in ctx.store.oplog
-    ]
+    term = Int64(ctx.server.term)
     # where history starts, as a no-op entry: a replica set's oplog is never empty, and its
     # oldest entry bounds what can be resumed (real sets write "initiating set" and
     # periodic no-ops)
     start = ctx.store.history_start
-    if not docs or docs[0]["ts"] > start:
-        docs.insert(
-            0,
-            {
-                "ts": start,
-                "t": Int64(ctx.server.term),
-                "wall": datetime.fromtimestamp(start.time, UTC),
-                "op": "n",
-                "ns": "",
-                "o": {"msg": "periodic noop"},
-            },
-        )
-    if dict(cmd.get("sort") or {}).get("$natural") == -1:
-        docs.reverse()
+    oplog = ctx.store.oplog
+    noop = None
+    if not oplog or oplog[0].ts > start:
+        noop = {
+            "ts": start,
+            "t": term,
+            "wall": datetime.fromtimestamp(start.time, UTC),
+            "op": "n",
+            "ns": "",
+            "o": {"msg": "periodic noop"},
+        }
+
+    def entries(reverse: bool) -> Iterator[dict[str, Any]]:
+        if noop is not None and not reverse:
+            yield noop
+        for e in reversed(oplog) if reverse else oplog:
+            yield {
+                "ts": e.ts,
+                "t": term,
+                "wall": e.wall,
+                "op": ops.get(e.op, "c"),
+                "ns": f"{e.db}.{e.coll}" if e.coll else f"{e.db}.$cmd",
+                "o": e.key or {},
+            }
+        if noop is not None and reverse:
+            yield noop
+
     q = cmd.get("filter") or {}
-    return [d for d in docs if filtering.filter_applies(q, d)] if q else docs
+    found: list[dict[str, Any]] = []
+    for doc in entries(dict(cmd.get("sort") or {}).get("$natural") == -1):
+        if not q or filtering.filter_applies(q, doc):
+            found.append(doc)
+            if want is not None and len(found) >= want:
+                break
+    return found
 
 
 def _non_negative(cmd: dict[str, Any], field: str) -> int:
@@ -107,7 +119,7 @@ async def find(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     if bs is not None and int(bs) < 0:
         raise CommandError(51024, f"BSON field 'batchSize' value must be >= 0, actual value '{bs}'")
     if (db, name) == ("local", "oplog.rs"):
-        docs = _oplog_view(ctx, cmd)
+        docs = _oplog_view(ctx, cmd, skip + abs(limit) if limit else None)
         docs = docs[skip:][: abs(limit) or None]
     elif views.is_view(ctx.store, db, name):
         extra: list[dict[str, Any]] = [{"$match": cmd.get("filter") or {}}]
