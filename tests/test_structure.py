@@ -14,7 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # the repository's folders and the import names they install as (pyproject package-dir)
 FOLDERS = {"worker": "changestream_worker", "handlers": "changestream_worker.handlers"}
 # the command line may start the emulator (`emulator`, `embedded://`, `demo`)
-MAY_IMPORT_TESTING = {"changestream_worker.cli.main", "changestream_worker.cli.demo"}
+MAY_IMPORT_TESTING = {
+    "changestream_worker.cli.main",
+    "changestream_worker.cli.demo",
+    "changestream_worker.cli.demo_parts",
+}
 
 
 def modules() -> dict[str, Path]:
@@ -88,6 +92,20 @@ def loops(edges: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+# the direction of flow: a module may import its own layer and those below it
+LAYERS = {"cli": 5, "service": 4, "stream": 3, "state": 2, "config": 1}
+
+
+def layer(module: str) -> int | None:
+    """A module's layer; None for the test kit and the built-in handlers (checked apart)."""
+    parts = module.split(".")
+    if len(parts) == 1 or parts[1] == "__main__":
+        return 6  # the package face and `python -m`: above everything
+    if parts[1] in ("testing", "handlers"):
+        return None
+    return LAYERS.get(parts[1], 0)  # handler API, events, errors, metrics, logs: the ground
+
+
 class TestExportedMembers:
     def test_public_api(self) -> None:
         """The handler API is exactly these names."""
@@ -134,6 +152,19 @@ class TestImports:
             if modules()[name].name == "__init__.py":
                 edges[name] = {m for m in edges[name] if not m.startswith(name + ".")}
         assert loops(edges) == []
+
+    def test_imports_run_one_way(self) -> None:
+        """cli -> service -> stream -> state -> config -> the handler API, never back up."""
+        upward = sorted(
+            f"{name} -> {dep}"
+            for name, deps in graph().items()
+            for dep in deps
+            if layer(name) is not None
+            and layer(dep) is not None
+            and layer(dep) > layer(name)  # type: ignore[operator]  # both checked just above
+            and not dep.startswith(name + ".")
+        )
+        assert upward == []
 
     def test_production_code_never_imports_the_test_kit(self) -> None:
         """Only the test kit itself and the command line import changestream_worker.testing."""

@@ -18,7 +18,8 @@ import pytest
 from tests.e2e.conftest import wait_until
 from tests.support.harness import WorkerProcess, config_dict, unique, watcher
 
-pytestmark = pytest.mark.slow
+# 5,000 events through a worker killed three times: minutes on a loaded 2-core machine
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -134,7 +134,7 @@ class Dispatcher(Failures, BatchCalls):
         if not self._tasks:
             self._start()
         # snapshot events carry no token: they complete without moving the watermark
-        mark = None if event.from_snapshot or not event.token else event
+        mark = None if event.from_snapshot or not event.raw.get("_id") else event
         lanes.put(event, self._marks.add(mark))
 
     def mark_idle(self, token: Mapping[str, Any], cluster_time: Timestamp | None = None) -> None:
@@ -193,7 +193,7 @@ class Dispatcher(Failures, BatchCalls):
                     return
                 await lanes.wait_work()
                 continue
-            keys: list[str] = []
+            keys: list[Hashable] = []
             items: list[Item] = []
             lanes.take(keys, items)
             done = False
@@ -209,7 +209,7 @@ class Dispatcher(Failures, BatchCalls):
                     self._complete(items)
                 lanes.release(keys, len(items))
 
-    async def _fill(self, keys: list[str], items: list[Item]) -> None:
+    async def _fill(self, keys: list[Hashable], items: list[Item]) -> None:
         """Wait up to ``max_wait`` for more events to join a batch that is not full."""
         lanes, loop = self._lanes, asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait
