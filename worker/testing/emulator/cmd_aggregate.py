@@ -90,8 +90,19 @@ async def _source(
     if stages and pipeline.stage_name(stages[0]) == "$match":
         q = query.bind_filter(query.check_filter(stages[0]["$match"]), values)
         found = await query.scan(coll, q, strength)
-        return [copy_value(d) for d in found], stages[1:]
-    return [copy_value(d) for d in coll.all()], stages
+        return _private(found, stages[1:]), stages[1:]
+    return _private(coll.all(), stages), stages
+
+
+# stages that build new documents rather than change the ones they are given
+_READ_ONLY = {"$group", "$count", "$sort", "$limit", "$skip", "$match", "$project", "$sortByCount"}
+
+
+def _private(docs: list[dict[str, Any]], stages: list[Any]) -> list[dict[str, Any]]:
+    """The stored documents, copied unless every stage leaves its input untouched."""
+    if all(pipeline.stage_name(st) in _READ_ONLY for st in stages) and stages:
+        return docs
+    return [copy_value(d) for d in docs]
 
 
 def _local_sessions(ctx: Ctx, lsid: Any) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import mongomock
+from bson import Int64, ObjectId
 from mongomock import filtering
 from mongomock.aggregate import _Parser
 
@@ -113,10 +114,13 @@ def check_filter(query: Any) -> dict[str, Any]:
 
 
 async def scan(
-    coll: Collection, query: dict[str, Any], strength: int | None = None
+    coll: Collection, query: dict[str, Any], strength: int | None = None, enough: int = 0
 ) -> list[dict[str, Any]]:
-    """Matching documents in natural order; a full scan yields the loop between slices."""
+    """Matching documents in natural order (the first ``enough`` when that is not 0); a
+    full scan yields the loop between slices."""
     if strength is None:
+        if not query:
+            return coll.all()[:enough] if enough else coll.all()
         pool = coll.candidates(query)
         if pool is not None:
             return [d for d in pool if filtering.filter_applies(query, d)]
@@ -131,6 +135,8 @@ async def scan(
         target = doc if strength is None else collate(doc, strength)
         if filtering.filter_applies(keyed, target):
             out.append(doc)
+            if len(out) == enough:
+                break
         if i & 255 == 255 and time.monotonic() > deadline:
             await asyncio.sleep(0)
             deadline = time.monotonic() + SLICE_S
@@ -189,6 +195,38 @@ def _sort_value(doc: dict[str, Any], key: str, descending: bool, strength: int |
     return pick
 
 
+# BSON's order of the common scalar types, for a sort key Python compares natively
+_RANK: dict[type, int] = {type(None): 5, int: 10, float: 10, Int64: 10, str: 15, bool: 40}
+
+
+def fast_key(value: Any) -> tuple[int, Any] | None:
+    """A native sort key in BSON order for common scalars; None when only a BSON compare will do."""
+    kind = type(value)
+    rank = _RANK.get(kind)
+    if rank is not None:
+        return (rank, 0 if value is None else value)
+    if kind is ObjectId:
+        return (35, value.binary)
+    if kind is datetime:
+        return (45, value.replace(tzinfo=None) - value.utcoffset() if value.tzinfo else value)
+    return None
+
+
+def bson_sorted(values: list[Any], key: Any, reverse: bool = False) -> list[Any]:
+    """Sort by ``key(item)`` in BSON order: natively when every key is a common scalar."""
+    keys = [key(v) for v in values]
+    fast = [fast_key(k.obj if isinstance(k, filtering.BsonComparable) else k) for k in keys]
+    if all(f is not None for f in fast):
+        order = sorted(range(len(values)), key=lambda i: fast[i], reverse=reverse)  # type: ignore[arg-type,return-value]  # all keys are tuples here
+    else:
+        wrapped = [
+            k if isinstance(k, filtering.BsonComparable) else filtering.BsonComparable(k)
+            for k in keys
+        ]
+        order = sorted(range(len(values)), key=lambda i: wrapped[i], reverse=reverse)
+    return [values[i] for i in order]
+
+
 def sort_docs(
     docs: list[dict[str, Any]], spec: list[tuple[str, int]] | None, strength: int | None
 ) -> list[dict[str, Any]]:
@@ -200,8 +238,9 @@ def sort_docs(
             if direction < 0:
                 docs = docs[::-1]
             continue
-        docs = sorted(
-            docs, key=lambda d: _sort_value(d, key, direction < 0, strength), reverse=direction < 0
+        desc = direction < 0
+        docs = bson_sorted(
+            docs, lambda d, k=key, down=desc: _sort_value(d, k, down, strength), reverse=desc
         )
     return docs
 
@@ -233,8 +272,11 @@ async def find_docs(
     """What ``find`` selects, before projection: filter, sort, skip and limit."""
     strength = strength_of(collation)
     query = bind_filter(check_filter(query), let)
-    docs = await scan(coll, query, strength)
-    docs = sort_docs(docs, sort_spec(sort), strength)
+    order = sort_spec(sort)
+    # without a sort the first matches are the answer: stop scanning once there are enough
+    enough = skip + abs(limit) if limit and not order else 0
+    docs = await scan(coll, query, strength, enough)
+    docs = sort_docs(docs, order, strength)
     if skip:
         docs = docs[skip:]
     if limit:
@@ -250,7 +292,7 @@ def distinct_values(docs: list[dict[str, Any]], key: str, strength: int | None) 
             if v is MISSING or (isinstance(v, list) and not v):
                 continue
             seen.setdefault(keyof(collate(v, strength)), v)
-    return sorted(seen.values(), key=lambda v: filtering.BsonComparable(collate(v, strength)))
+    return bson_sorted(list(seen.values()), lambda v: collate(v, strength))
 
 
 def within_bounds(
