@@ -5,12 +5,13 @@ message carries ``Nats-Msg-Id`` = the event's stable id (from its resume token);
 restarted worker delivers again are published again with the same id and JetStream drops
 them inside the stream's duplicate window (``duplicate_window``, 2 minutes by default):
 exactly once in the stream across crashes within that window, at-least-once beyond it.
-A batch is published pipelined: every message in flight at once, then every acknowledgement.
+A batch is pipelined: every message goes out, then every acknowledgement is awaited.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +39,7 @@ try:
     import nats.errors
     import nats.js.errors
     from nats.aio.client import Client
+    from nats.aio.msg import Msg
     from nats.js import JetStreamContext
 except ImportError as exc:  # the [nats] extra is not installed
     raise MissingExtraError("nats", "nats") from exc
@@ -86,17 +88,21 @@ class NatsRelay(Handler[NatsRelayOptions]):
         super().__init__(options)
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
+        self.acks: _Acks | None = None
         self.log: Any = None
         self._lock = asyncio.Lock()
         self._attempt = 0
+        self._stopping = False
 
     async def start(self, ctx: HandlerContext) -> None:
         self.log = ctx.log
         field = f"handlers.{ctx.handler}.options"
         try:
-            js = await self._jetstream()
+            await self._connected()
         except TransientError as exc:
             raise ConfigError(f"{field}.url: {exc}") from exc
+        js = self.js
+        assert js is not None
         pattern = prefix_pattern(self.options.subject, ">")
         if self.options.create_stream:
             try:
@@ -117,15 +123,16 @@ class NatsRelay(Handler[NatsRelayOptions]):
             ) from exc
 
     async def stop(self) -> None:
+        self._stopping = True
         if self.nc is not None and not self.nc.is_closed:
             await self.nc.close()
 
-    async def _jetstream(self) -> JetStreamContext:
-        """The JetStream context of a live connection; reconnects one caller at a time."""
-        if self.nc is not None and not self.nc.is_closed and self.js is not None:
-            return self.js
+    async def _connected(self) -> _Acks:
+        """The publisher of a live connection; reconnects one caller at a time."""
+        if self.nc is not None and not self.nc.is_closed and self.acks is not None:
+            return self.acks
         async with self._lock:
-            if self.nc is None or self.nc.is_closed or self.js is None:
+            if self.nc is None or self.nc.is_closed or self.acks is None:
                 self._attempt += 1
                 try:
                     self.nc = await nats.connect(
@@ -150,14 +157,16 @@ class NatsRelay(Handler[NatsRelayOptions]):
                     ) from exc
                 self._attempt = 0
                 self.js = self.nc.jetstream(timeout=self.options.ack_timeout)
-            return self.js
+                self.acks = await _Acks(self.nc).start()
+            return self.acks
 
     async def _on_error(self, exc: Exception) -> None:
         # nats-py calls this once per failed reconnect attempt: one warning each
         self.log.warning("nats_connection_error", error=str(exc) or type(exc).__name__)
 
     async def _on_disconnected(self) -> None:
-        self.log.warning("nats_disconnected", url=safe_url(self.options.url))
+        if not self._stopping:
+            self.log.warning("nats_disconnected", url=safe_url(self.options.url))
 
     async def _on_reconnected(self) -> None:
         self.log.info("nats_reconnected", url=safe_url(self.options.url))
@@ -171,7 +180,7 @@ class NatsRelay(Handler[NatsRelayOptions]):
     def _classify(self, exc: BaseException, subject: str, size: int) -> BaseException:
         if isinstance(exc, nats.js.errors.NoStreamResponseError):
             return PermanentError(f"no JetStream stream captures subject {subject!r}")
-        if isinstance(exc, nats.js.errors.ServiceUnavailableError):
+        if isinstance(exc, nats.js.errors.APIError) and exc.code == 503:
             return TransientError(f"JetStream unavailable: {exc.description}")
         if isinstance(exc, nats.js.errors.APIError):
             return PermanentError(
@@ -190,27 +199,101 @@ class NatsRelay(Handler[NatsRelayOptions]):
         except BatchItemFailures as exc:
             raise exc.failures[0] from None
 
-    async def _publish(self, js: JetStreamContext, event: ChangeEvent) -> BaseException | None:
-        subject, body = "", b""
-        try:
-            subject = self._subject(event)
-            body = payload(event)
-            await js.publish(subject, body, headers={"Nats-Msg-Id": message_id(event)})
-        except PermanentError as exc:
-            return exc
-        except Exception as exc:  # classified: refused, or the connection's trouble
-            return self._classify(exc, subject, len(body))
-        return None
-
     async def handle_batch(self, events: Sequence[ChangeEvent], ctx: HandlerContext) -> None:
-        js = await self._jetstream()
-        # one request each, all in flight at once: the tasks write in order on one
-        # connection, so the stream keeps the batch's order
-        errors = await asyncio.gather(*(self._publish(js, e) for e in events))
-        failures = {i: e for i, e in enumerate(errors) if e is not None}
+        acks = await self._connected()
+        failures: dict[int, BaseException] = {}
+        sent: list[tuple[int, str, str, asyncio.Future[BaseException | None]]] = []
+        try:
+            for i, event in enumerate(events):
+                subject, body = "", b""
+                try:
+                    subject = self._subject(event)
+                    body = payload(event)
+                    token, answer = await acks.publish(subject, body, message_id(event))
+                except PermanentError as exc:
+                    failures[i] = exc
+                    continue
+                except Exception as exc:  # classified: refused, or the connection's trouble
+                    error = self._classify(exc, subject, len(body))
+                    if isinstance(error, TransientError):
+                        raise error from exc
+                    failures[i] = error
+                    continue
+                sent.append((i, subject, token, answer))
+            if sent:
+                await asyncio.wait([a for *_, a in sent], timeout=self.options.ack_timeout)
+        finally:
+            for _, _, token, answer in sent:
+                acks.forget(token)
+                answer.cancel()  # a no-op for the answered ones
+        for i, subject, _, answer in sent:
+            if answer.cancelled():
+                failures[i] = TransientError("nats: no acknowledgement within ack_timeout")
+            elif (refused := answer.result()) is not None:
+                failures[i] = self._classify(refused, subject, 0)
         if failures:
             if len(failures) == len(events) and all(
                 isinstance(e, TransientError) for e in failures.values()
             ):
                 raise next(iter(failures.values()))
             raise BatchItemFailures(failures)
+
+
+class _Acks:
+    """JetStream publishes in flight on one connection: each message names a reply subject
+    under one inbox, and one subscription resolves each message's future from its answer.
+
+    (nats-py's own ``publish_async`` leaves the future unresolved when JetStream refuses a
+    message, so refusals would look like timeouts.)
+    """
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self.inbox = nc.new_inbox()
+        self.pending: dict[str, asyncio.Future[BaseException | None]] = {}
+        self.seq = 0
+
+    async def start(self) -> _Acks:
+        await self.nc.subscribe(f"{self.inbox}.*", cb=self._answer)
+        return self
+
+    async def publish(
+        self, subject: str, body: bytes, msg_id: str
+    ) -> tuple[str, asyncio.Future[BaseException | None]]:
+        self.seq += 1
+        token = str(self.seq)
+        answer: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        self.pending[token] = answer
+        try:
+            await self.nc.publish(
+                subject, body, reply=f"{self.inbox}.{token}", headers={"Nats-Msg-Id": msg_id}
+            )
+        except BaseException:
+            del self.pending[token]
+            raise
+        return token, answer
+
+    def forget(self, token: str) -> None:
+        self.pending.pop(token, None)
+
+    async def _answer(self, msg: Msg) -> None:
+        answer = self.pending.pop(msg.subject.rpartition(".")[2], None)
+        if answer is None or answer.done():
+            return
+        if msg.headers and msg.headers.get("Status") == "503":  # nobody listens: no stream
+            answer.set_result(nats.js.errors.NoStreamResponseError())
+            return
+        try:
+            error = json.loads(msg.data).get("error")
+        except (ValueError, AttributeError):
+            error = {"description": "an answer that is not a JetStream acknowledgement"}
+        if error:
+            answer.set_result(
+                nats.js.errors.APIError(
+                    code=error.get("code"),
+                    description=error.get("description"),
+                    err_code=error.get("err_code"),
+                )
+            )
+        else:
+            answer.set_result(None)
