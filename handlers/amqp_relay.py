@@ -25,7 +25,7 @@ from changestream_worker import (
     TransientError,
 )
 from changestream_worker.errors import MissingExtraError
-from changestream_worker.handlers._relay import message_id, payload, render, safe_url
+from changestream_worker.handlers._relay import Template, message_id, payload, safe_url
 
 try:
     import aio_pika
@@ -72,6 +72,7 @@ class AmqpRelay(Handler[AmqpRelayOptions]):
         self.exchange: AbstractExchange | None = None
         self.log: Any = None
         self._lock = asyncio.Lock()
+        self.template = Template(options.routing_key)
         self._attempt = 0
         self._closing: set[int] = set()
 
@@ -158,7 +159,7 @@ class AmqpRelay(Handler[AmqpRelayOptions]):
         self.log.warning("amqp_connection_lost", error=str(exc) or type(exc).__name__)
 
     def _message(self, event: ChangeEvent) -> tuple[str, aio_pika.Message]:
-        key = render(self.options.routing_key, event)
+        key = self.template.render(event)
         if len(key.encode()) > MAX_SHORTSTR:
             raise PermanentError(f"routing key of {len(key.encode())} bytes (AMQP allows 255)")
         body = payload(event)

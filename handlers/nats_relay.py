@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,10 +28,10 @@ from changestream_worker import (
 )
 from changestream_worker.errors import MissingExtraError
 from changestream_worker.handlers._relay import (
+    Template,
     message_id,
     payload,
     prefix_pattern,
-    render,
     safe_url,
 )
 
@@ -76,9 +77,8 @@ class NatsRelayOptions(HandlerOptions):
     connect_attempts: int = 5
 
 
-def _subject_ok(subject: str) -> bool:
-    tokens = subject.split(".")
-    return all(t and t not in ("*", ">") and not any(c.isspace() for c in t) for t in tokens)
+# dot-separated tokens, none empty, no whitespace, no wildcards
+_SUBJECT = re.compile(r"[^\s.*>]+(?:\.[^\s.*>]+)*")
 
 
 class NatsRelay(Handler[NatsRelayOptions]):
@@ -89,6 +89,7 @@ class NatsRelay(Handler[NatsRelayOptions]):
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self.acks: _Acks | None = None
+        self.template = Template(options.subject)
         self.log: Any = None
         self._lock = asyncio.Lock()
         self._attempt = 0
@@ -172,8 +173,8 @@ class NatsRelay(Handler[NatsRelayOptions]):
         self.log.info("nats_reconnected", url=safe_url(self.options.url))
 
     def _subject(self, event: ChangeEvent) -> str:
-        subject = render(self.options.subject, event)
-        if not _subject_ok(subject):
+        subject = self.template.render(event)
+        if _SUBJECT.fullmatch(subject) is None:
             raise PermanentError(f"{subject!r} is not a valid NATS subject")
         return subject
 
@@ -282,6 +283,9 @@ class _Acks:
             return
         if msg.headers and msg.headers.get("Status") == "503":  # nobody listens: no stream
             answer.set_result(nats.js.errors.NoStreamResponseError())
+            return
+        if b'"error"' not in msg.data:  # the common answer: {"stream": …, "seq": …}
+            answer.set_result(None)
             return
         try:
             error = json.loads(msg.data).get("error")
