@@ -1,7 +1,10 @@
-"""What both relays send: the payload is json_util's relaxed Extended JSON, ids are stable."""
+"""What both relays share: the payload is json_util's relaxed Extended JSON, ids are stable,
+templates fill from the event, a missing client library names its extra."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -65,3 +68,28 @@ class TestIdsAndTemplates:
         assert prefix_pattern("fixed.subject", ">") == "fixed.subject"
         assert safe_url("amqp://u:secret@h:5672/v") == "amqp://h:5672/v"
         assert safe_url("nats://h:4222") == "nats://h:4222"
+
+
+class TestMissingExtra:
+    @pytest.mark.parametrize(
+        ("module", "blocked", "extra"),
+        [("nats_relay", "nats", "nats"), ("amqp_relay", "aio_pika", "amqp")],
+    )
+    def test_importing_a_relay_without_its_library_names_the_extra(
+        self, module: str, blocked: str, extra: str
+    ) -> None:
+        """With its client library missing, importing the relay raises MissingExtraError
+        naming the extra to install."""
+        code = (
+            f"import sys; sys.modules[{blocked!r}] = None\n"
+            "from changestream_worker.errors import MissingExtraError\n"
+            "try:\n"
+            f"    import changestream_worker.handlers.{module}\n"
+            "except MissingExtraError as exc:\n"
+            "    print(exc.extra, '|', exc)\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+        assert out.startswith(f"{extra} |")
+        assert f"changestream-worker[{extra}]" in out
