@@ -21,10 +21,10 @@ from changestream_worker import (
     Handler,
     HandlerContext,
     HandlerOptions,
+    MissingExtraError,
     PermanentError,
     TransientError,
 )
-from changestream_worker.errors import MissingExtraError
 from changestream_worker.handlers._relay import Template, message_id, payload, safe_url
 
 try:

@@ -17,17 +17,21 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio as redis
-
 from changestream_worker import (
     BatchItemFailures,
     ChangeEvent,
     Handler,
     HandlerContext,
     HandlerOptions,
+    MissingExtraError,
     SkipEvent,
     TransientError,
 )
+
+try:
+    import redis.asyncio as redis
+except ImportError as exc:  # check-config turns this into the pip install line
+    raise MissingExtraError("redis", "redis") from exc
 
 FIELD = re.compile(r"\{([^{}]+)\}")
 

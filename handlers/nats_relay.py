@@ -11,7 +11,6 @@ A batch is pipelined: every message goes out, then every acknowledgement is awai
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -23,10 +22,11 @@ from changestream_worker import (
     Handler,
     HandlerContext,
     HandlerOptions,
+    MissingExtraError,
     PermanentError,
     TransientError,
 )
-from changestream_worker.errors import MissingExtraError
+from changestream_worker.handlers._jetstream import Acks
 from changestream_worker.handlers._relay import (
     Template,
     message_id,
@@ -40,7 +40,6 @@ try:
     import nats.errors
     import nats.js.errors
     from nats.aio.client import Client
-    from nats.aio.msg import Msg
     from nats.js import JetStreamContext
 except ImportError as exc:  # the [nats] extra is not installed
     raise MissingExtraError("nats", "nats") from exc
@@ -88,7 +87,7 @@ class NatsRelay(Handler[NatsRelayOptions]):
         super().__init__(options)
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
-        self.acks: _Acks | None = None
+        self.acks: Acks | None = None
         self.template = Template(options.subject)
         self.log: Any = None
         self._lock = asyncio.Lock()
@@ -128,7 +127,7 @@ class NatsRelay(Handler[NatsRelayOptions]):
         if self.nc is not None and not self.nc.is_closed:
             await self.nc.close()
 
-    async def _connected(self) -> _Acks:
+    async def _connected(self) -> Acks:
         """The publisher of a live connection; reconnects one caller at a time."""
         if self.nc is not None and not self.nc.is_closed and self.acks is not None:
             return self.acks
@@ -158,7 +157,7 @@ class NatsRelay(Handler[NatsRelayOptions]):
                     ) from exc
                 self._attempt = 0
                 self.js = self.nc.jetstream(timeout=self.options.ack_timeout)
-                self.acks = await _Acks(self.nc).start()
+                self.acks = await Acks(self.nc).start()
             return self.acks
 
     async def _on_error(self, exc: Exception) -> None:
@@ -238,66 +237,3 @@ class NatsRelay(Handler[NatsRelayOptions]):
             ):
                 raise next(iter(failures.values()))
             raise BatchItemFailures(failures)
-
-
-class _Acks:
-    """JetStream publishes in flight on one connection: each message names a reply subject
-    under one inbox, and one subscription resolves each message's future from its answer.
-
-    (nats-py's own ``publish_async`` leaves the future unresolved when JetStream refuses a
-    message, so refusals would look like timeouts.)
-    """
-
-    def __init__(self, nc: Client) -> None:
-        self.nc = nc
-        self.inbox = nc.new_inbox()
-        self.pending: dict[str, asyncio.Future[BaseException | None]] = {}
-        self.seq = 0
-
-    async def start(self) -> _Acks:
-        await self.nc.subscribe(f"{self.inbox}.*", cb=self._answer)
-        return self
-
-    async def publish(
-        self, subject: str, body: bytes, msg_id: str
-    ) -> tuple[str, asyncio.Future[BaseException | None]]:
-        self.seq += 1
-        token = str(self.seq)
-        answer: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
-        self.pending[token] = answer
-        try:
-            await self.nc.publish(
-                subject, body, reply=f"{self.inbox}.{token}", headers={"Nats-Msg-Id": msg_id}
-            )
-        except BaseException:
-            del self.pending[token]
-            raise
-        return token, answer
-
-    def forget(self, token: str) -> None:
-        self.pending.pop(token, None)
-
-    async def _answer(self, msg: Msg) -> None:
-        answer = self.pending.pop(msg.subject.rpartition(".")[2], None)
-        if answer is None or answer.done():
-            return
-        if msg.headers and msg.headers.get("Status") == "503":  # nobody listens: no stream
-            answer.set_result(nats.js.errors.NoStreamResponseError())
-            return
-        if b'"error"' not in msg.data:  # the common answer: {"stream": …, "seq": …}
-            answer.set_result(None)
-            return
-        try:
-            error = json.loads(msg.data).get("error")
-        except (ValueError, AttributeError):
-            error = {"description": "an answer that is not a JetStream acknowledgement"}
-        if error:
-            answer.set_result(
-                nats.js.errors.APIError(
-                    code=error.get("code"),
-                    description=error.get("description"),
-                    err_code=error.get("err_code"),
-                )
-            )
-        else:
-            answer.set_result(None)

@@ -13,27 +13,13 @@ collapse to the newest first (the guard would discard the older ones anyway).
 
 from __future__ import annotations
 
+import importlib.util
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Boolean,
-    Column,
-    DateTime,
-    Float,
-    MetaData,
-    String,
-    Table,
-    Text,
-    func,
-)
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from changestream_worker import (
     BatchItemFailures,
@@ -41,11 +27,33 @@ from changestream_worker import (
     Handler,
     HandlerContext,
     HandlerOptions,
+    MissingExtraError,
     PermanentError,
     SkipEvent,
     TransientError,
     get_path,
 )
+
+try:
+    from sqlalchemy import (
+        JSON,
+        BigInteger,
+        Boolean,
+        Column,
+        DateTime,
+        Float,
+        MetaData,
+        String,
+        Table,
+        Text,
+        func,
+    )
+    from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+    from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+except ImportError as exc:  # check-config turns this into the pip install line
+    raise MissingExtraError("sql", "sqlalchemy") from exc
+
+DRIVER_EXTRAS = {"asyncpg": "postgres", "aiomysql": "mysql"}  # SQLAlchemy driver -> extra
 
 ColumnType = Literal["string", "integer", "float", "boolean", "json", "datetime"]
 SQL_TYPES: dict[str, Any] = {
@@ -77,6 +85,20 @@ class SqlProjectionOptions(HandlerOptions):
     columns: dict[str, str | ColumnSpec]
     key_column: str = "id"
     create_table: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _driver_installed(cls, url: str) -> str:
+        # SQLAlchemy imports the driver only when connecting: say which extra brings it now
+        scheme = url.partition("://")[0]
+        driver = scheme.partition("+")[2]
+        extra = DRIVER_EXTRAS.get(driver)
+        if extra is not None and importlib.util.find_spec(driver) is None:
+            raise ValueError(
+                f"the {scheme} driver {driver!r} is not installed:"
+                f" pip install 'changestream-worker[{extra}]'"
+            )
+        return url
 
 
 def _plain(value: Any, kind: str) -> Any:

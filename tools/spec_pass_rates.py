@@ -42,17 +42,19 @@ class Outcome:
         return self.passed / ran if ran else 0.0
 
 
-def start_emulator(python: str) -> tuple[subprocess.Popen[str], str, int]:
+def start_emulator(python: str, secondaries: int) -> tuple[subprocess.Popen[str], str, int]:
     """Start ``changestream-worker emulator`` on a free port; its URI is its first line."""
+    args = ["emulator", "--port", "0", "--secondaries", str(secondaries)]
     proc = subprocess.Popen(
-        [python, "-m", "changestream_worker", "emulator", "--port", "0"],
+        [python, "-m", "changestream_worker", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
-    parts = urlsplit(line)
+    # the primary comes first in the seed list; urlsplit cannot read a list of hosts
+    parts = urlsplit(line.split(",")[0] + "/")
     if not line or parts.hostname is None or parts.port is None:
         proc.kill()
         raise SystemExit(f"the emulator did not print its URI (got {line!r})")
@@ -78,10 +80,15 @@ def parse_junit(path: Path, suite: str) -> Outcome:
 
 
 def run_suite(
-    checkout: Path, python: str, emulator_python: str, suite: str, test_file: str, timeout: float
+    checkout: Path,
+    python: str,
+    emulator: tuple[str, int],
+    suite: str,
+    test_file: str,
+    timeout: float,
 ) -> Outcome:
     """One suite against a fresh emulator, so one suite's leftovers never reach the next."""
-    proc, host, port = start_emulator(emulator_python)
+    proc, host, port = start_emulator(*emulator)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             xml = Path(tmp) / "junit.xml"
@@ -126,13 +133,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     p.add_argument("--failures", action="store_true", help="list the failing tests")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per suite")
+    p.add_argument(
+        "--secondaries", type=int, default=1, help="emulator members that are secondaries"
+    )
     args = p.parse_args(argv)
     checkout = args.checkout.resolve()
     if not (checkout / "test" / "asynchronous").is_dir():
         p.error(f"{checkout} is not a mongo-python-driver checkout (no test/asynchronous)")
     python = args.python or sys.executable
     outcomes = [
-        run_suite(checkout, python, args.emulator_python, name, SUITES[name], args.timeout)
+        run_suite(
+            checkout,
+            python,
+            (args.emulator_python, args.secondaries),
+            name,
+            SUITES[name],
+            args.timeout,
+        )
         for name in (args.suite or list(SUITES))
     ]
     print(table(outcomes))

@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry
 from pymongo import AsyncMongoClient
+from pymongo.errors import PyMongoError
 
 from changestream_worker.config.models import Settings
 from changestream_worker.errors import ConfigError
@@ -65,6 +66,7 @@ class Supervisor:
         self.status: StatusStore | None = None
         self._background: list[asyncio.Task[None]] = []
         self.headroom_interval = 10.0  # seconds between oplog headroom refreshes
+        self.status_interval = 5.0  # seconds between watcher_status refreshes
         self._signals = 0
 
     # ---- lifecycle --------------------------------------------------------------
@@ -118,7 +120,7 @@ class Supervisor:
         state_db = self.client[self.settings.state.database]
         self.dead_letters = DeadLetterStore(state_db)
         self.checkpoints = MongoCheckpointStore(state_db)
-        self.status = StatusStore(state_db, self.instance_id)
+        self.status = StatusStore(state_db)
         await self.handlers.start_all()
         await self._start_http()
         self.coordinator = Coordinator(
@@ -137,6 +139,7 @@ class Supervisor:
                 )
             )
         )
+        self._background.append(asyncio.create_task(self._report()))
         for ws in self.settings.watchers:
             for partition, name in enumerate(instance_names(ws)):
                 slot = WatcherSlot(ws, name, partition)
@@ -262,10 +265,26 @@ class Supervisor:
 
     async def _publish(self, slot: WatcherSlot) -> None:
         """Record the slot's state for `changestream-worker status` (best effort)."""
-        if self.status is not None:
+        if self.status is None:
+            return
+        w = slot.watcher
+        with contextlib.suppress(PyMongoError):
             await self.status.publish(
-                slot.name, state=slot.state, reason=slot.reason, restarts=slot.restarts
+                slot.name,
+                state=slot.state,
+                reason=slot.reason,
+                instance=self.instance_id,
+                restarts=slot.restarts,
+                in_flight=w.dispatcher.in_flight if w is not None else 0,
             )
+
+    async def _report(self) -> None:
+        # the figures of running watchers move between state changes: refresh them
+        while not self.stop_requested.is_set():
+            await self._wait(self.status_interval)
+            for slot in self.slots:
+                if slot.state == "running":
+                    await self._publish(slot)
 
     async def _relay_stop(self, watcher: Watcher, lease: Lease | None) -> None:
         waits = [asyncio.create_task(self.stop_requested.wait())]

@@ -101,8 +101,8 @@ async def server_status(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
         },
         "repl": {
             "setName": server.set_name,
-            "isWritablePrimary": server.is_primary,
-            "secondary": not server.is_primary,
+            "isWritablePrimary": server.writable(ctx.conn),
+            "secondary": not server.writable(ctx.conn),
             "hosts": [server.address],
             "me": server.address,
             "primary": server.address,
@@ -203,7 +203,7 @@ async def repl_set_step_down(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     if ctx.db != "admin":
         raise CommandError(13, "replSetStepDown may only be run against the admin database.")
     server = ctx.server
-    if not server.is_primary:
+    if not server.writable(ctx.conn):
         raise CommandError(10107, "not primary so can't step down")
     secs = float(cmd.get("replSetStepDown") or 60)
     # a one-member set has no electable secondary: only a forced step-down succeeds

@@ -44,6 +44,7 @@ class ClientConnection(Protocol):
     id: int
     app_name: str | None
     peer: str
+    member: int
 
 
 class ServerView(Protocol):
@@ -71,6 +72,7 @@ class ServerView(Protocol):
     def step_down(self, secs: float, keep: Any) -> None: ...
     async def wait_topology_change(self, timeout: float) -> None: ...
     def hello_reply(self, legacy: bool, conn: Any, hello_ok: bool) -> dict[str, Any]: ...
+    def writable(self, conn: Any) -> bool: ...
 
 
 @dataclass(slots=True)

@@ -12,7 +12,16 @@ import structlog
 from bson import Binary, Int64
 from pymongo.errors import OperationFailure
 
-from changestream_worker.testing.emulator import cmd_admin, cmd_crud, cmd_ddl, registry, wire
+from changestream_worker.testing.emulator import (
+    cmd_admin,
+    cmd_aggregate,
+    cmd_crud,
+    cmd_ddl,
+    cmd_diag,
+    cmd_find,
+    registry,
+    wire,
+)
 from changestream_worker.testing.emulator.context import ClientConnection, Ctx, ServerView
 from changestream_worker.testing.emulator.errors import CommandError
 from changestream_worker.testing.emulator.labels import TXN_END, server_labels
@@ -27,7 +36,8 @@ from changestream_worker.testing.emulator.sessions import Transaction, Workspace
 
 log = structlog.get_logger("emulator")
 # Every command the server answers: the command modules, listed here and nowhere else.
-COMMANDS = registry.table(cmd_admin, cmd_crud, cmd_ddl)
+MODULES = (cmd_admin, cmd_aggregate, cmd_crud, cmd_ddl, cmd_diag, cmd_find)
+COMMANDS = registry.table(*MODULES)
 # Commands a stepped-down node still answers.
 ANY_STATE = {
     "hello",
@@ -78,8 +88,9 @@ def _from_engine(exc: OperationFailure) -> CommandError:
 class Dispatcher:
     """Runs one command for one connection and shapes its reply."""
 
-    def __init__(self, server: ServerView) -> None:
+    def __init__(self, server: ServerView, commands: registry.Table = COMMANDS) -> None:
         self.server = server
+        self.commands = commands
 
     async def execute(self, conn: ClientConnection, request: wire.Request) -> dict[str, Any]:
         cmd = request.command
@@ -139,7 +150,7 @@ class Dispatcher:
         self, conn: ClientConnection, name: str, db: str, cmd: dict[str, Any]
     ) -> dict[str, Any]:
         server = self.server
-        handler = COMMANDS.get(name)
+        handler = self.commands.get(name)
         if handler is None:
             raise CommandError(59, f"no such command: '{name}'")
         fail = server.failpoints.fail_command(name, conn.app_name)
@@ -151,11 +162,8 @@ class Dispatcher:
             and server.failpoints.fire("maxTimeAlwaysTimeOut") is not None
         ):
             raise CommandError(50, "operation exceeded time limit")
-        if name not in ANY_STATE and not server.is_primary:
-            writes = name in COMMANDS.writes or name == "commitTransaction"
-            if writes or cmd.get("autocommit") is not None:
-                raise CommandError(10107, "not primary")
-            raise CommandError(13435, "not primary and secondaryOk=false")
+        if name not in ANY_STATE and not server.writable(conn):
+            self._check_secondary(conn, name, cmd)
         sessions = server.sessions
         in_txn = cmd.get("lsid") is not None and cmd.get("autocommit") is not None
         record = None
@@ -179,6 +187,17 @@ class Dispatcher:
         if not in_txn:
             self._snapshot_time(cmd, reply)
         return self._with_wce(reply, fail, name, cmd)
+
+    def _check_secondary(self, conn: ClientConnection, name: str, cmd: dict[str, Any]) -> None:
+        """Refuse what a secondary (or a stepped-down primary) may not run."""
+        writes = name in self.commands.writes or name == "commitTransaction"
+        if writes or cmd.get("autocommit") is not None:
+            raise CommandError(10107, "not primary")
+        mode = (cmd.get("$readPreference") or {}).get("mode", "primary")
+        # a member that is a secondary by configuration serves reads that allow one; a
+        # stepped-down primary's reads are refused so clients move on to the new primary
+        if conn.member == 0 or mode == "primary":
+            raise CommandError(13435, "not primary and secondaryOk=false")
 
     async def _fail_command(self, fail: dict[str, Any]) -> None:
         if fail.get("blockConnection"):
@@ -233,7 +252,7 @@ class Dispatcher:
     ) -> dict[str, Any]:
         """Accept create/createIndexes in a transaction; they run against the data at commit."""
         coll = cmd[name]
-        pending = {c[name] for n, c in txn.ddl if n == "create"}
+        pending = {c["create"] for n, c in txn.ddl if n == "create"}
         exists = ctx.store.exists(ctx.db, coll) or coll in pending
         if name == "create" and exists:
             raise CommandError(48, f"Collection {ctx.db}.{coll} already exists.")
@@ -258,7 +277,7 @@ class Dispatcher:
             return
         live: Workspace = sessions.live
         for name, ddl in txn.ddl:
-            handler = COMMANDS.get(name)
+            handler = self.commands.get(name)
             assert handler is not None  # DDL_IN_TXN names are registered commands
             try:
                 await handler(Ctx(self.server, conn, str(ddl["$db"]), live), ddl)

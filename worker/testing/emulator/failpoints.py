@@ -25,7 +25,7 @@ DATA_FIELDS: dict[str, set[str]] = {
         "errorExtraInfo",
         "namespace",
     },
-    "failGetMoreAfterCursorCheckout": {"errorCode", "errorLabels"},
+    "failGetMoreAfterCursorCheckout": {"errorCode", "errorLabels", "closeConnection"},
     # a retryable write's statement: close the connection after it commits, or fail before
     "onPrimaryTransactionalWrite": {"closeConnection", "failBeforeCommitExceptionCode"},
     # every command with a maxTimeMS fails as if it ran out of time
@@ -94,6 +94,10 @@ class FailPoints:
                 raise CommandError(
                     2, f"failpoint {name} data field '{key}' is not supported by the emulator"
                 )
+        if name == "failGetMoreAfterCursorCheckout" and data.get("closeConnection"):
+            raise CommandError(
+                115, "the emulator does not support failGetMoreAfterCursorCheckout closeConnection"
+            )
         fp = FailPoint(name, mode, data)
         _parse_mode(fp, mode)
         previous = self.points.get(fp.name)

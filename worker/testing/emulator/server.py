@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import threading
 import time
@@ -26,25 +27,35 @@ log = structlog.get_logger("emulator")
 class Connection:
     """One client connection."""
 
-    def __init__(self, cid: int, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, cid: int, writer: asyncio.StreamWriter, member: int = 0) -> None:
         self.id = cid
         self.writer = writer
+        self.member = member  # 0: the primary's port; 1…: a secondary's
         self.app_name: str | None = None
         peer = writer.get_extra_info("peername") or ("?", 0)
         self.peer = f"{peer[0]}:{peer[1]}"
 
 
 class ReplicaSetEmulator:
-    """A one-member replica set ``rs0`` speaking the MongoDB wire protocol, data in memory.
+    """A replica set ``rs0`` speaking the MongoDB wire protocol, data in memory.
 
     Args:
         host: address to listen on.
-        port: TCP port; 0 picks a free one.
+        port: TCP port of the primary; 0 picks a free one.
         set_name: the replica set's name.
+        secondaries: members that are always secondaries, each on a free port; they share
+            the primary's data (replication is instant), answer reads that allow a
+            secondary and refuse writes.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, set_name: str = "rs0") -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, set_name: str = "rs0", secondaries: int = 0
+    ) -> None:
         self.host, self.port, self.set_name = host, port, set_name
+        self.secondaries = secondaries
+        self.secondary_ports: list[int] = []
+        self._secondary_servers: list[asyncio.base_events.Server] = []
+        self.member_ids = [ObjectId() for _ in range(secondaries)]
         self.store: Store
         self.connections: dict[int, Connection] = {}
         self.total_connections = 0
@@ -70,9 +81,21 @@ class ReplicaSetEmulator:
             self._serve, self.host, self.port, limit=wire.MAX_MESSAGE_SIZE
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        for member in range(1, self.secondaries + 1):
+            srv = await asyncio.start_server(
+                functools.partial(self._serve, member=member),
+                self.host,
+                0,
+                limit=wire.MAX_MESSAGE_SIZE,
+            )
+            self._secondary_servers.append(srv)
+            self.secondary_ports.append(srv.sockets[0].getsockname()[1])
         return self
 
     async def stop(self) -> None:
+        for srv in self._secondary_servers:
+            srv.close()
+        self._secondary_servers.clear()
         if self._server is not None:
             self._server.close()
             for conn in list(self.connections.values()):
@@ -92,6 +115,8 @@ class ReplicaSetEmulator:
 
         def run() -> None:
             loop = asyncio.new_event_loop()
+            # gather() below looks the loop up: with no task left it has no other way to find it
+            asyncio.set_event_loop(loop)
             self._loop = loop
             loop.run_until_complete(self.start())
             ready.set()
@@ -118,8 +143,17 @@ class ReplicaSetEmulator:
         return f"{self.host}:{self.port}"
 
     @property
+    def addresses(self) -> list[str]:
+        """Every member's address, the primary's first."""
+        return [self.address, *(f"{self.host}:{p}" for p in self.secondary_ports)]
+
+    @property
     def uri(self) -> str:
-        return f"mongodb://{self.address}/?replicaSet={self.set_name}"
+        return f"mongodb://{','.join(self.addresses)}/?replicaSet={self.set_name}"
+
+    def writable(self, conn: Any) -> bool:
+        """Whether the member ``conn`` is connected to is the primary now."""
+        return getattr(conn, "member", 0) == 0 and self.is_primary
 
     # ---- topology ---------------------------------------------------------------
     @property
@@ -158,26 +192,28 @@ class ReplicaSetEmulator:
                 conn.writer.close()
 
     def hello_reply(self, legacy: bool, conn: Connection, hello_ok: bool) -> dict[str, Any]:
-        primary = self.is_primary
+        member = conn.member
+        primary = self.writable(conn)
         last = self.store.clock.last
         now = datetime.now(UTC)
         reply: dict[str, Any] = {
             "topologyVersion": {
-                "processId": self.process_id,
+                "processId": self.member_ids[member - 1] if member else self.process_id,
                 "counter": Int64(self.topology_counter),
             },
-            "hosts": [self.address],
+            "hosts": self.addresses,
             "setName": self.set_name,
             "setVersion": 1,
             ("ismaster" if legacy else "isWritablePrimary"): primary,
             "secondary": not primary,
         }
-        if primary:
+        if self.is_primary:
             reply["primary"] = self.address
+        if not member:
+            reply["electionId"] = self.election_id
         reply.update(
             {
-                "me": self.address,
-                "electionId": self.election_id,
+                "me": self.addresses[member],
                 "lastWrite": {
                     "opTime": {"ts": last, "t": Int64(self.term)},
                     "lastWriteDate": now,
@@ -201,8 +237,10 @@ class ReplicaSetEmulator:
         return reply
 
     # ---- connections ------------------------------------------------------------
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = Connection(next(self._ids), writer)
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, member: int = 0
+    ) -> None:
+        conn = Connection(next(self._ids), writer, member)
         self.connections[conn.id] = conn
         self.total_connections += 1
         try:
