@@ -4,6 +4,7 @@ and one timed worker run that drains it."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import statistics
 import subprocess
 import sys
@@ -12,10 +13,16 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from pymongo import AsyncMongoClient
 
 from changestream_worker.config.models import Settings
 from changestream_worker.service.supervisor import Supervisor
+
+
+def quiet() -> None:
+    """Warnings and errors only: the worker runs in-process, outside the CLI's log setup."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
 
 def start_emulator() -> tuple[subprocess.Popen[str], str]:

@@ -1,6 +1,7 @@
 """The broker relays from a 20,000-insert backlog against the no-op worker on the same
 backlog: interleaved, 5 runs each, medians. Prints one JSON document.
-Run: python bench/relays.py   (NATS_URL, AMQP_URL; a broker that is not there is left out)
+Run: python bench/relays.py   (NATS_URL, AMQP_URL; a broker that is not there is left out;
+BENCH_KINDS=noop,nats_relay to run only those, BENCH_REPS=N)
 """
 
 from __future__ import annotations
@@ -94,7 +95,10 @@ async def reachable(make: Callable[[], Awaitable[Run]]) -> bool:
 
 async def main() -> None:
     kinds = {"noop": noop, "nats_relay": nats_run, "amqp_relay": amqp_run}
+    only = os.environ.get("BENCH_KINDS")  # e.g. "noop,nats_relay"
+    kinds = {k: m for k, m in kinds.items() if only is None or k in only.split(",")}
     kinds = {k: make for k, make in kinds.items() if await reachable(make)}
+    backlog.quiet()
     emulator, uri = backlog.start_emulator()
     await asyncio.sleep(1.1)  # start times have one-second resolution
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri)

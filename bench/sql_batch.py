@@ -50,6 +50,7 @@ def handler(kind: str, table: str) -> dict[str, Any]:
 
 
 async def main() -> None:
+    backlog.quiet()
     emulator, uri = backlog.start_emulator()
     await asyncio.sleep(1.1)  # start times have one-second resolution
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri)

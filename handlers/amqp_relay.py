@@ -25,7 +25,7 @@ from changestream_worker import (
     PermanentError,
     TransientError,
 )
-from changestream_worker.handlers._relay import message_id, payload, render, safe_url
+from changestream_worker.handlers._relay import Template, message_id, payload, safe_url
 
 try:
     import aio_pika
@@ -72,7 +72,9 @@ class AmqpRelay(Handler[AmqpRelayOptions]):
         self.exchange: AbstractExchange | None = None
         self.log: Any = None
         self._lock = asyncio.Lock()
+        self.template = Template(options.routing_key)
         self._attempt = 0
+        self._closing: set[int] = set()
 
     async def start(self, ctx: HandlerContext) -> None:
         self.log = ctx.log
@@ -86,6 +88,7 @@ class AmqpRelay(Handler[AmqpRelayOptions]):
 
     async def stop(self) -> None:
         if self.connection is not None and not self.connection.is_closed:
+            self._closing.add(id(self.connection))
             await self.connection.close()
 
     async def _exchange(self) -> AbstractExchange:
@@ -105,7 +108,7 @@ class AmqpRelay(Handler[AmqpRelayOptions]):
                     attempt=self._attempt,
                     error=str(exc) or type(exc).__name__,
                 )
-                await self._drop()
+                await self._drop(self.connection)
                 raise TransientError(
                     f"cannot reach RabbitMQ at {safe_url(self.options.url)}: {exc}"
                 ) from exc
@@ -125,9 +128,13 @@ class AmqpRelay(Handler[AmqpRelayOptions]):
         self._attempt = 0
         return self.exchange
 
-    async def _drop(self) -> None:
-        """Forget the connection (a lost one may not know it yet); the next call reconnects."""
-        conn, self.connection, self.channel, self.exchange = self.connection, None, None, None
+    async def _drop(self, conn: AbstractConnection | None) -> None:
+        """Forget ``conn`` (a lost one may not know it yet); the next call reconnects.
+        Only that one: another caller may already have opened a fresh connection."""
+        if conn is None or conn is not self.connection:
+            return
+        self.connection, self.channel, self.exchange = None, None, None
+        self._closing.add(id(conn))
         if conn is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), timeout=1)
@@ -145,12 +152,14 @@ class AmqpRelay(Handler[AmqpRelayOptions]):
                 f"exchange {name!r} does not exist (declare it, or set exchange_type)"
             ) from exc
 
-    def _on_close(self, _conn: Any, exc: BaseException | None) -> None:
-        if exc is not None:
-            self.log.warning("amqp_connection_lost", error=str(exc) or type(exc).__name__)
+    def _on_close(self, conn: Any, exc: BaseException | None) -> None:
+        if id(conn) in self._closing:  # closed on purpose (stop, or a connection given up)
+            self._closing.discard(id(conn))
+            return
+        self.log.warning("amqp_connection_lost", error=str(exc) or type(exc).__name__)
 
     def _message(self, event: ChangeEvent) -> tuple[str, aio_pika.Message]:
-        key = render(self.options.routing_key, event)
+        key = self.template.render(event)
         if len(key.encode()) > MAX_SHORTSTR:
             raise PermanentError(f"routing key of {len(key.encode())} bytes (AMQP allows 255)")
         body = payload(event)
@@ -205,11 +214,19 @@ class AmqpRelay(Handler[AmqpRelayOptions]):
     async def handle_batch(self, events: Sequence[ChangeEvent], ctx: HandlerContext) -> None:
         exchange = await self._exchange()
         # every message in flight at once, then every confirm: one channel keeps their order
+        channel = self.channel
         errors = await asyncio.gather(*(self._publish(exchange, e) for e in events))
         failures = {i: e for i, e in enumerate(errors) if e is not None}
-        if any(isinstance(e, TransientError) for e in failures.values()):
+        if channel is not None and channel.is_closed and channel is self.channel:
+            # the broker closed the channel (or the connection went): reopen next call;
+            # what failed with it, whatever the error's type, is worth retrying
+            failures = {
+                i: e if isinstance(e, PermanentError) else TransientError(f"amqp: {e!r}")
+                for i, e in failures.items()
+            }
             async with self._lock:
-                await self._drop()
+                if self.channel is channel:
+                    self.channel = None
         if failures:
             if len(failures) == len(events) and all(
                 isinstance(e, TransientError) for e in failures.values()

@@ -5,12 +5,13 @@ message carries ``Nats-Msg-Id`` = the event's stable id (from its resume token);
 restarted worker delivers again are published again with the same id and JetStream drops
 them inside the stream's duplicate window (``duplicate_window``, 2 minutes by default):
 exactly once in the stream across crashes within that window, at-least-once beyond it.
-A batch is published pipelined: every message in flight at once, then every acknowledgement.
+A batch is pipelined: every message goes out, then every acknowledgement is awaited.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,11 +26,12 @@ from changestream_worker import (
     PermanentError,
     TransientError,
 )
+from changestream_worker.handlers._jetstream import Acks
 from changestream_worker.handlers._relay import (
+    Template,
     message_id,
     payload,
     prefix_pattern,
-    render,
     safe_url,
 )
 
@@ -74,9 +76,8 @@ class NatsRelayOptions(HandlerOptions):
     connect_attempts: int = 5
 
 
-def _subject_ok(subject: str) -> bool:
-    tokens = subject.split(".")
-    return all(t and t not in ("*", ">") and not any(c.isspace() for c in t) for t in tokens)
+# dot-separated tokens, none empty, no whitespace, no wildcards
+_SUBJECT = re.compile(r"[^\s.*>]+(?:\.[^\s.*>]+)*")
 
 
 class NatsRelay(Handler[NatsRelayOptions]):
@@ -86,17 +87,22 @@ class NatsRelay(Handler[NatsRelayOptions]):
         super().__init__(options)
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
+        self.acks: Acks | None = None
+        self.template = Template(options.subject)
         self.log: Any = None
         self._lock = asyncio.Lock()
         self._attempt = 0
+        self._stopping = False
 
     async def start(self, ctx: HandlerContext) -> None:
         self.log = ctx.log
         field = f"handlers.{ctx.handler}.options"
         try:
-            js = await self._jetstream()
+            await self._connected()
         except TransientError as exc:
             raise ConfigError(f"{field}.url: {exc}") from exc
+        js = self.js
+        assert js is not None
         pattern = prefix_pattern(self.options.subject, ">")
         if self.options.create_stream:
             try:
@@ -117,15 +123,16 @@ class NatsRelay(Handler[NatsRelayOptions]):
             ) from exc
 
     async def stop(self) -> None:
+        self._stopping = True
         if self.nc is not None and not self.nc.is_closed:
             await self.nc.close()
 
-    async def _jetstream(self) -> JetStreamContext:
-        """The JetStream context of a live connection; reconnects one caller at a time."""
-        if self.nc is not None and not self.nc.is_closed and self.js is not None:
-            return self.js
+    async def _connected(self) -> Acks:
+        """The publisher of a live connection; reconnects one caller at a time."""
+        if self.nc is not None and not self.nc.is_closed and self.acks is not None:
+            return self.acks
         async with self._lock:
-            if self.nc is None or self.nc.is_closed or self.js is None:
+            if self.nc is None or self.nc.is_closed or self.acks is None:
                 self._attempt += 1
                 try:
                     self.nc = await nats.connect(
@@ -150,28 +157,30 @@ class NatsRelay(Handler[NatsRelayOptions]):
                     ) from exc
                 self._attempt = 0
                 self.js = self.nc.jetstream(timeout=self.options.ack_timeout)
-            return self.js
+                self.acks = await Acks(self.nc).start()
+            return self.acks
 
     async def _on_error(self, exc: Exception) -> None:
         # nats-py calls this once per failed reconnect attempt: one warning each
         self.log.warning("nats_connection_error", error=str(exc) or type(exc).__name__)
 
     async def _on_disconnected(self) -> None:
-        self.log.warning("nats_disconnected", url=safe_url(self.options.url))
+        if not self._stopping:
+            self.log.warning("nats_disconnected", url=safe_url(self.options.url))
 
     async def _on_reconnected(self) -> None:
         self.log.info("nats_reconnected", url=safe_url(self.options.url))
 
     def _subject(self, event: ChangeEvent) -> str:
-        subject = render(self.options.subject, event)
-        if not _subject_ok(subject):
+        subject = self.template.render(event)
+        if _SUBJECT.fullmatch(subject) is None:
             raise PermanentError(f"{subject!r} is not a valid NATS subject")
         return subject
 
     def _classify(self, exc: BaseException, subject: str, size: int) -> BaseException:
         if isinstance(exc, nats.js.errors.NoStreamResponseError):
             return PermanentError(f"no JetStream stream captures subject {subject!r}")
-        if isinstance(exc, nats.js.errors.ServiceUnavailableError):
+        if isinstance(exc, nats.js.errors.APIError) and exc.code == 503:
             return TransientError(f"JetStream unavailable: {exc.description}")
         if isinstance(exc, nats.js.errors.APIError):
             return PermanentError(
@@ -190,24 +199,38 @@ class NatsRelay(Handler[NatsRelayOptions]):
         except BatchItemFailures as exc:
             raise exc.failures[0] from None
 
-    async def _publish(self, js: JetStreamContext, event: ChangeEvent) -> BaseException | None:
-        subject, body = "", b""
-        try:
-            subject = self._subject(event)
-            body = payload(event)
-            await js.publish(subject, body, headers={"Nats-Msg-Id": message_id(event)})
-        except PermanentError as exc:
-            return exc
-        except Exception as exc:  # classified: refused, or the connection's trouble
-            return self._classify(exc, subject, len(body))
-        return None
-
     async def handle_batch(self, events: Sequence[ChangeEvent], ctx: HandlerContext) -> None:
-        js = await self._jetstream()
-        # one request each, all in flight at once: the tasks write in order on one
-        # connection, so the stream keeps the batch's order
-        errors = await asyncio.gather(*(self._publish(js, e) for e in events))
-        failures = {i: e for i, e in enumerate(errors) if e is not None}
+        acks = await self._connected()
+        failures: dict[int, BaseException] = {}
+        sent: list[tuple[int, str, str, asyncio.Future[BaseException | None]]] = []
+        try:
+            for i, event in enumerate(events):
+                subject, body = "", b""
+                try:
+                    subject = self._subject(event)
+                    body = payload(event)
+                    token, answer = await acks.publish(subject, body, message_id(event))
+                except PermanentError as exc:
+                    failures[i] = exc
+                    continue
+                except Exception as exc:  # classified: refused, or the connection's trouble
+                    error = self._classify(exc, subject, len(body))
+                    if isinstance(error, TransientError):
+                        raise error from exc
+                    failures[i] = error
+                    continue
+                sent.append((i, subject, token, answer))
+            if sent:
+                await asyncio.wait([a for *_, a in sent], timeout=self.options.ack_timeout)
+        finally:
+            for _, _, token, answer in sent:
+                acks.forget(token)
+                answer.cancel()  # a no-op for the answered ones
+        for i, subject, _, answer in sent:
+            if answer.cancelled():
+                failures[i] = TransientError("nats: no acknowledgement within ack_timeout")
+            elif (refused := answer.result()) is not None:
+                failures[i] = self._classify(refused, subject, 0)
         if failures:
             if len(failures) == len(events) and all(
                 isinstance(e, TransientError) for e in failures.values()

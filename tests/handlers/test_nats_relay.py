@@ -129,8 +129,8 @@ class TestNatsRelay:
     async def test_refused_messages_are_reported_by_index_with_the_reason(
         self, js: JetStreamContext, stream: tuple[str, str]
     ) -> None:
-        """One event larger than the stream's max_msg_size and one whose subject field is
-        missing: reported per index as permanent with JetStream's reason; the rest stored."""
+        """Events larger than the stream's max_msg_size, without the subject's field, or
+        with a space in it: reported per index as permanent with the reason; the rest stored."""
         name, prefix = stream
         relay = NatsRelay(
             NatsRelayOptions(url=NATS_URL, subject=f"{prefix}.{{fullDocument.region}}")
@@ -141,6 +141,7 @@ class TestNatsRelay:
             make_event("insert", 2, {"_id": 2, "region": "eu", "pad": "x" * 8000}),
             make_event("insert", 3, {"_id": 3}),
             make_event("insert", 4, {"_id": 4, "region": "us"}),
+            make_event("insert", 5, {"_id": 5, "region": "a b"}),
         ]
         try:
             with pytest.raises(BatchItemFailures) as info:
@@ -148,9 +149,10 @@ class TestNatsRelay:
         finally:
             await relay.stop()
         failures = info.value.failures
-        assert sorted(failures) == [1, 2]
+        assert sorted(failures) == [1, 2, 4]
         assert all(isinstance(e, PermanentError) for e in failures.values())
         assert "size" in str(failures[1]).lower()
+        assert "not a valid NATS subject" in str(failures[4])
         assert "fullDocument.region" in str(failures[2])
         assert [m.subject for m in await messages(js, name)] == [f"{prefix}.eu", f"{prefix}.us"]
 
