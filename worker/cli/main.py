@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from changestream_worker.errors import ConfigError
 
+EMBEDDED = "embedded://"
+
 if TYPE_CHECKING:
     from changestream_worker.config.models import Settings
 
@@ -54,15 +56,25 @@ def _run_async(coro: Coroutine[Any, Any, int]) -> int:
 
 # ---- commands ------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    from changestream_worker.config.registry import check_handlers
+    from changestream_worker.config.registry import build_handlers
     from changestream_worker.logs import configure_logging
 
     settings = _settings(args)
-    check_handlers(settings)  # fail on a bad handler before connecting anywhere
+    handlers = build_handlers(settings)  # validated once, before connecting anywhere
     configure_logging(settings.logging.format, settings.logging.level)
+    return _run_async(_serve(settings, handlers))
+
+
+async def _serve(settings: Settings, handlers: dict[str, Any]) -> int:
     from changestream_worker.service.supervisor import run
 
-    return _run_async(run(settings))
+    if not settings.mongodb.uri.startswith(EMBEDDED):
+        return await run(settings, handlers)
+    # the emulator is a test double: only the command line starts it, never the service
+    from changestream_worker.testing.emulator import ReplicaSetEmulator
+
+    async with ReplicaSetEmulator(port=0) as rs:
+        return await run(settings, handlers, uri=rs.uri)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -20,8 +20,9 @@ from changestream_worker.cli.tables import render_dead_letters, render_status
 from changestream_worker.errors import ConfigError
 from changestream_worker.handler import HandlerContext
 from changestream_worker.state.checkpoints import Checkpoint, MongoCheckpointStore
-from changestream_worker.state.deadletters import DeadLetterStore, Resolved, replay
+from changestream_worker.state.deadletters import DeadLetterStore
 from changestream_worker.state.status import iso, looks_running, read_status
+from changestream_worker.stream.replay import Resolved, replay
 
 if TYPE_CHECKING:
     from changestream_worker.config.models import Settings, WatcherSettings

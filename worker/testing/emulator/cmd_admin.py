@@ -10,8 +10,9 @@ from typing import Any
 
 from bson import Int64, Timestamp
 
-from changestream_worker.testing.emulator.context import Ctx, check_fields, command
+from changestream_worker.testing.emulator.context import Ctx, check_fields
 from changestream_worker.testing.emulator.errors import CommandError
+from changestream_worker.testing.emulator.registry import command
 
 VERSION = "7.0.14"
 MAX_WIRE_VERSION = 21  # MongoDB 7.0

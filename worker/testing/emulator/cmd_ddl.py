@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from changestream_worker.testing.emulator.context import Ctx, check_fields, command
+from changestream_worker.testing.emulator.context import Ctx, check_fields
 from changestream_worker.testing.emulator.cursors import first_batch
+from changestream_worker.testing.emulator.engine import DuplicateKey
 from changestream_worker.testing.emulator.errors import CommandError, unsupported
+from changestream_worker.testing.emulator.registry import command
 from changestream_worker.testing.emulator.store import OplogEntry, _now
 
 ID_INDEX = {"v": 2, "key": {"_id": 1}, "name": "_id_"}
@@ -206,15 +208,17 @@ async def create_indexes(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
         try:
             coll.create_index(
                 list(key_doc.items()),
-                name=spec["name"],
+                spec["name"],
                 unique=bool(spec.get("unique")),
                 sparse=bool(spec.get("sparse")),
+                partial=spec.get("partialFilterExpression"),
             )
-        except Exception as exc:  # mongomock raises DuplicateKeyError for existing duplicates
+        except DuplicateKey as exc:
             raise CommandError(
                 11000,
                 f"Index build failed: E11000 duplicate key error "
                 f"collection: {ctx.db}.{name} index: {spec['name']}",
+                extra={"keyPattern": exc.pattern, "keyValue": exc.value},
             ) from exc
         idx = {"v": 2, "key": key_doc, "name": spec["name"]}
         for opt in ("unique", "expireAfterSeconds", "sparse", "partialFilterExpression"):

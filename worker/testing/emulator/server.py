@@ -1,4 +1,4 @@
-"""The emulator's TCP server: connections, the command pipeline, topology and step-downs."""
+"""The emulator's TCP server: connections, topology and step-downs (commands: dispatch.py)."""
 
 from __future__ import annotations
 
@@ -10,59 +10,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from bson import Binary, Int64, ObjectId
-from pymongo.errors import OperationFailure
+from bson import Int64, ObjectId
 
-from changestream_worker.testing.emulator import cmd_admin, cmd_crud, cmd_ddl, wire  # noqa: F401  (registers commands)
-from changestream_worker.testing.emulator.context import COMMANDS, WRITES, Ctx
+from changestream_worker.testing.emulator import cmd_admin, wire
 from changestream_worker.testing.emulator.cursors import Cursors
-from changestream_worker.testing.emulator.errors import (
-    RESUMABLE_CHANGE_STREAM,
-    RETRYABLE_WRITE,
-    CommandError,
-)
+from changestream_worker.testing.emulator.dispatch import Dispatcher
 from changestream_worker.testing.emulator.failpoints import FailPoints
+from changestream_worker.testing.emulator.retrywrites import CloseConnection
 from changestream_worker.testing.emulator.sessions import Sessions
 from changestream_worker.testing.emulator.store import Store
 
 log = structlog.get_logger("emulator")
-# Commands a stepped-down node still answers.
-ANY_STATE = {
-    "hello",
-    "isMaster",
-    "ismaster",
-    "ping",
-    "buildInfo",
-    "buildinfo",
-    "getParameter",
-    "serverStatus",
-    "endSessions",
-    "replSetGetStatus",
-    "configureFailPoint",
-    "killCursors",
-    "whatsmyuri",
-    "connectionStatus",
-    "getCmdLineOpts",
-    "abortTransaction",
-    "killAllSessions",
-    "emulatorTruncateOplog",
-}
-TXN_END = {"commitTransaction", "abortTransaction"}
-RETRYABLE_COMMANDS = {"insert", "update", "delete", "findAndModify", "findandmodify"}
-
-
-def _from_engine(exc: OperationFailure) -> CommandError:
-    """The query engine's error, with the code MongoDB gives the same mistake."""
-    msg = str(exc).split(", full error")[0]
-    if msg.startswith("unknown operator"):
-        return CommandError(2, msg)
-    if msg.startswith("Unrecognized expression"):
-        return CommandError(168, msg)
-    return CommandError(int(exc.code or 2), msg)
-
-
-class CloseConnection(Exception):
-    """The fail point asked for the connection to be closed without a reply."""
 
 
 class Connection:
@@ -106,6 +64,7 @@ class ReplicaSetEmulator:
         self.sessions = Sessions(self.store)
         self.cursors = Cursors()
         self.failpoints = FailPoints()
+        self.dispatcher = Dispatcher(self)
         self._topology_changed = asyncio.Event()
         self._server = await asyncio.start_server(
             self._serve, self.host, self.port, limit=wire.MAX_MESSAGE_SIZE
@@ -133,6 +92,7 @@ class ReplicaSetEmulator:
 
         def run() -> None:
             loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)  # gather() below needs the thread's loop set
             self._loop = loop
             loop.run_until_complete(self.start())
             ready.set()
@@ -252,7 +212,7 @@ class ReplicaSetEmulator:
                 length, request_id, _, op_code = wire.parse_header(header)
                 body = await reader.readexactly(length - wire.HEADER.size)
                 request = wire.parse_body(request_id, op_code, body)
-                reply = await self._execute(conn, request)
+                reply = await self.dispatcher.execute(conn, request)
                 if request.more_to_come:
                     continue
                 if op_code == wire.OP_QUERY:
@@ -269,110 +229,3 @@ class ReplicaSetEmulator:
         finally:
             self.connections.pop(conn.id, None)
             writer.close()
-
-    async def _execute(self, conn: Connection, request: wire.Request) -> dict[str, Any]:
-        cmd = request.command
-        if not cmd:
-            return CommandError(59, "no such command: ''").reply()
-        name = next(iter(cmd))
-        if request.op_code == wire.OP_QUERY:
-            db = request.collection.split(".", 1)[0]
-            if name not in ("hello", "isMaster", "ismaster"):
-                return CommandError(
-                    352,
-                    f"Unsupported OP_QUERY command: {name}. The client "
-                    "driver may require an upgrade.",
-                ).reply()
-        else:
-            db = str(cmd.get("$db", "admin"))
-        try:
-            reply = await self._run(conn, name, db, cmd)
-        except CommandError as exc:
-            self._label(exc, name, cmd)
-            reply = exc.reply()
-        except (CloseConnection, asyncio.CancelledError):
-            raise
-        except OperationFailure as exc:  # raised by mongomock for bad queries and expressions
-            self._label(exc_ := _from_engine(exc), name, cmd)
-            reply = exc_.reply()
-        except NotImplementedError as exc:
-            reply = CommandError(115, f"the emulator does not support this: {exc}").reply()
-        except Exception as exc:  # a bug of the emulator answers one command, not the socket
-            log.exception("emulator_internal_error", command=name)
-            reply = CommandError(
-                1, f"emulator internal error in '{name}': {type(exc).__name__}: {exc}"
-            ).reply()
-        reply["$clusterTime"] = {
-            "clusterTime": self.store.clock.current(),
-            "signature": {"hash": Binary(b"\x00" * 20), "keyId": Int64(0)},
-        }
-        reply["operationTime"] = self.store.clock.current()
-        return reply
-
-    @staticmethod
-    def _label(exc: CommandError, name: str, cmd: dict[str, Any]) -> None:
-        if exc.labels:
-            return
-        in_txn = cmd.get("autocommit") is not None
-        if exc.code in RETRYABLE_WRITE and (
-            (name in RETRYABLE_COMMANDS and "txnNumber" in cmd and not in_txn)
-            or name in ("commitTransaction", "abortTransaction")
-        ):
-            exc.labels.append("RetryableWriteError")
-        if exc.code in RESUMABLE_CHANGE_STREAM and name == "getMore":
-            exc.labels.append("ResumableChangeStreamError")
-        if (
-            in_txn
-            and name not in ("commitTransaction", "abortTransaction")
-            and exc.code in RETRYABLE_WRITE
-        ):
-            exc.labels.append("TransientTransactionError")
-
-    async def _run(
-        self, conn: Connection, name: str, db: str, cmd: dict[str, Any]
-    ) -> dict[str, Any]:
-        handler = COMMANDS.get(name)
-        if handler is None:
-            raise CommandError(59, f"no such command: '{name}'")
-        fail = self.failpoints.fail_command(name, conn.app_name)
-        if fail is not None:
-            if fail.get("blockConnection"):
-                await asyncio.sleep(float(fail.get("blockTimeMS", 0)) / 1000)
-            if fail.get("closeConnection"):
-                raise CloseConnection
-            if "errorCode" in fail:
-                raise CommandError(
-                    int(fail["errorCode"]),
-                    "Failing command via 'failCommand' failpoint",
-                    fail.get("errorLabels"),
-                    extra=fail.get("errorExtraInfo"),
-                )
-        if name not in ANY_STATE and not self.is_primary:
-            if name in WRITES or cmd.get("autocommit") is not None or name == "commitTransaction":
-                raise CommandError(10107, "not primary")
-            raise CommandError(13435, "not primary and secondaryOk=false")
-        sessions = self.sessions
-        retry_key = None
-        if name in RETRYABLE_COMMANDS and "txnNumber" in cmd and cmd.get("autocommit") is None:
-            st = sessions.state(cmd.get("lsid") or {})
-            number = int(cmd["txnNumber"])
-            if number in st.retry_cache:
-                return dict(st.retry_cache[number])  # a retried write is applied once
-            if number < st.txn_number:
-                raise CommandError(
-                    225,
-                    f"Retryable write with txnNumber {number} is prohibited "
-                    f"on session because a newer retryable write with "
-                    f"txnNumber {st.txn_number} has already started",
-                )
-            st.txn_number = number
-            retry_key = (st, number)
-        ws = sessions.live if name in TXN_END else sessions.workspace(cmd)
-        ctx = Ctx(self, conn, db, ws)
-        reply = await handler(ctx, cmd)
-        if retry_key is not None:
-            st, number = retry_key
-            st.retry_cache = {number: dict(reply)}
-        if fail is not None and "writeConcernError" in fail:
-            reply["writeConcernError"] = dict(fail["writeConcernError"])
-        return reply

@@ -1,4 +1,4 @@
-"""The emulator's data: documents (kept by mongomock), collection metadata, the oplog, clock."""
+"""The emulator's data: documents (in the engine), collection metadata, the oplog, the clock."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import bson
-import mongomock
 from bson import Binary, Timestamp
 
+from changestream_worker.testing.emulator.engine import Collection, Engine
 from changestream_worker.testing.emulator.errors import CommandError
 
 INTERNAL_DBS = ("admin", "config", "local")
@@ -65,50 +65,74 @@ def key_bytes(db: str, coll: str, key: dict[str, Any]) -> bytes:
 
 
 def update_description(pre: dict[str, Any], post: dict[str, Any]) -> dict[str, Any]:
-    """Derive updatedFields/removedFields/truncatedArrays from two versions, as a delta oplog."""
+    """Derive updatedFields/removedFields/truncatedArrays from two versions, as a delta oplog;
+    ``disambiguatedPaths`` lists paths whose field names look like indexes or hold dots."""
     updated: dict[str, Any] = {}
     removed: list[str] = []
     truncated: list[dict[str, Any]] = []
-    _diff(pre, post, "", updated, removed, truncated)
-    return {"updatedFields": updated, "removedFields": removed, "truncatedArrays": truncated}
+    ambiguous: dict[str, list[str | int]] = {}
+    _diff(pre, post, [], _Out(updated, removed, truncated, ambiguous))
+    out: dict[str, Any] = {
+        "updatedFields": updated,
+        "removedFields": removed,
+        "truncatedArrays": truncated,
+    }
+    if ambiguous:
+        out["disambiguatedPaths"] = ambiguous
+    return out
+
+
+@dataclass(slots=True)
+class _Out:
+    updated: dict[str, Any]
+    removed: list[str]
+    truncated: list[dict[str, Any]]
+    ambiguous: dict[str, list[str | int]]
+
+    def path(self, parts: list[str | int]) -> str:
+        text = ".".join(str(p) for p in parts)
+        if any(isinstance(p, str) and (p.isdigit() or "." in p) for p in parts):
+            self.ambiguous[text] = list(parts)
+        return text
 
 
 def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def _diff(
-    pre: dict[str, Any],
-    post: dict[str, Any],
-    prefix: str,
-    updated: dict[str, Any],
-    removed: list[str],
-    truncated: list[dict[str, Any]],
-) -> None:
+def _diff(pre: dict[str, Any], post: dict[str, Any], prefix: list[str | int], out: _Out) -> None:
     for k, new in post.items():
-        path = prefix + k
+        parts: list[str | int] = [*prefix, k]
         if k not in pre:
-            updated[path] = new
+            out.updated[out.path(parts)] = new
             continue
         old = pre[k]
         if _same(old, new):
             continue
         if isinstance(old, dict) and isinstance(new, dict):
-            _diff(old, new, path + ".", updated, removed, truncated)
+            _diff(old, new, parts, out)
         elif isinstance(old, list) and isinstance(new, list):
-            common = min(len(old), len(new))
-            if len(new) < len(old):
-                truncated.append({"field": path, "newSize": len(new)})
-            for i in range(common):
-                if not _same(old[i], new[i]):
-                    updated[f"{path}.{i}"] = new[i]
-            for i in range(common, len(new)):
-                updated[f"{path}.{i}"] = new[i]
+            _diff_array(old, new, parts, out)
         else:
-            updated[path] = new
+            out.updated[out.path(parts)] = new
     for k in pre:
         if k not in post:
-            removed.append(prefix + k)
+            out.removed.append(out.path([*prefix, k]))
+
+
+def _diff_array(old: list[Any], new: list[Any], parts: list[str | int], out: _Out) -> None:
+    common = min(len(old), len(new))
+    if len(new) < len(old):
+        out.truncated.append({"field": ".".join(str(p) for p in parts), "newSize": len(new)})
+    for i in range(common):
+        if _same(old[i], new[i]):
+            continue
+        if isinstance(old[i], dict) and isinstance(new[i], dict):
+            _diff(old[i], new[i], [*parts, i], out)
+        else:
+            out.updated[out.path([*parts, i])] = new[i]
+    for i in range(common, len(new)):
+        out.updated[out.path([*parts, i])] = new[i]
 
 
 class Clock:
@@ -136,7 +160,7 @@ class Store:
     """Documents, metadata and the oplog of the one-member replica set."""
 
     def __init__(self) -> None:
-        self.data: Any = mongomock.MongoClient()
+        self.data = Engine()
         self.clock = Clock()
         self.meta: dict[tuple[str, str], dict[str, Any]] = {}
         self.oplog: list[OplogEntry] = []
@@ -146,7 +170,7 @@ class Store:
         self._new_data = asyncio.Event()
 
     # ---- metadata ---------------------------------------------------------------
-    def collection(self, db: str, coll: str) -> Any:
+    def collection(self, db: str, coll: str) -> Collection:
         return self.data[db][coll]
 
     def exists(self, db: str, coll: str) -> bool:
@@ -163,10 +187,7 @@ class Store:
             "options": dict(options or {}),
             "created": self.clock.last,
         }
-        # mongomock creates lazily; make the collection visible to listCollections at once
-        self.data[db].create_collection(coll) if coll not in self.data[
-            db
-        ].list_collection_names() else None
+        self.data[db].setdefault(coll, Collection(db, coll))
         self.append(
             OplogEntry(
                 self.clock.tick(),
@@ -262,14 +283,14 @@ class Store:
         if (db, coll) not in self.meta:
             return False
         meta = self.meta.pop((db, coll))
-        self.data[db].drop_collection(coll)
+        self.data.drop(db, coll)
         self.append(OplogEntry(self.clock.tick(), 0, "drop", db, coll, _now(), uuid=meta["uuid"]))
         return True
 
     def drop_database(self, db: str) -> None:
         for coll in self.collections(db):
             self.drop(db, coll)
-        self.data.drop_database(db)
+        self.data.pop(db, None)
         self.append(OplogEntry(self.clock.tick(), 0, "dropDatabase", db, None, _now()))
 
     def rename(self, db: str, coll: str, to_db: str, to_coll: str, drop_target: bool) -> None:
@@ -279,19 +300,9 @@ class Store:
             if not drop_target:
                 raise CommandError(48, "target namespace exists")
             self.drop(to_db, to_coll)
-        docs = list(self.data[db][coll].find())
-        indexes = self.data[db][coll].index_information()
-        target = self.data[to_db][to_coll]
-        if docs:
-            target.insert_many(docs)
-        for name, info in indexes.items():
-            if name != "_id_":
-                target.create_index(
-                    info["key"],
-                    name=name,
-                    **{k: v for k, v in info.items() if k in ("unique", "expireAfterSeconds")},
-                )
-        self.data[db].drop_collection(coll)
+        moved = self.data[db].pop(coll)
+        moved.db, moved.name = to_db, to_coll
+        self.data[to_db][to_coll] = moved
         meta = self.meta.pop((db, coll))
         self.meta[(to_db, to_coll)] = meta
         self.append(
