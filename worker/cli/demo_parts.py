@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,15 +38,19 @@ class Cache:
     prefix: str
     embedded: Any = None  # the RedisServer test double, when no real Redis was reachable
     client: Any = None
-    invalidated: int = 0  # keys announced on the channel by cache_invalidation
-    product_changes: int = 0  # written by the generator: each invalidates keys_per_change
-    keys_per_change: tuple[str, ...] = ("product", "catalogue")  # the templates in demo.yaml
+    invalidated: int = 0  # keys announced on the channel (one batch names a key once)
     _listener: asyncio.Task[None] | None = None
     _stale: list[tuple[str, float]] = field(default_factory=list)
 
     @classmethod
-    async def open(cls, url: str | None, prefix: str) -> Cache:
-        """A real Redis at ``url`` if it answers, else the embedded test double (labelled)."""
+    async def open(cls, url: str | None, prefix: str, double: Callable[[], Any]) -> Cache:
+        """A real Redis at ``url`` if it answers, else ``double()``, a test double (labelled).
+
+        Args:
+            url: the Redis to try first, if any.
+            prefix: of every key and channel the demo uses.
+            double: makes an unstarted ``RedisServer`` (the CLI passes the test kit's).
+        """
         import redis.asyncio as redis
 
         note = ""
@@ -58,9 +63,7 @@ class Cache:
                 note = f" (no answer from {mask_uri(url)}: {type(exc).__name__})"
             finally:
                 await probe.aclose()
-        from changestream_worker.testing.redis_server import RedisServer
-
-        server = await RedisServer(port=0).start()
+        server = await double().start()
         label = f"embedded Redis-protocol test double at {server.url}, not a real Redis{note}"
         return await cls(server.url, label, prefix, embedded=server).start()
 
@@ -87,6 +90,11 @@ class Cache:
         await self.client.set(f"{self.prefix}:product:{sku}", json.dumps({"price": price}))
         await self.client.set(f"{self.prefix}:catalogue", "[cached page]")
         self._stale.append((sku, price))
+
+    async def stale_left(self) -> int:
+        """How many entries cached before a change are still there (0 once all caught up)."""
+        keys = {f"{self.prefix}:product:{sku}" for sku, _ in self._stale}
+        return int(await self.client.exists(*keys, f"{self.prefix}:catalogue")) if keys else 0
 
     async def proof(self) -> str:
         """A read of the entry cached before the second-newest price change."""

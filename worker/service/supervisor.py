@@ -12,7 +12,6 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry
 from pymongo import AsyncMongoClient
-from pymongo.errors import PyMongoError
 
 from changestream_worker.config.models import Settings
 from changestream_worker.errors import ConfigError
@@ -120,7 +119,7 @@ class Supervisor:
         state_db = self.client[self.settings.state.database]
         self.dead_letters = DeadLetterStore(state_db)
         self.checkpoints = MongoCheckpointStore(state_db)
-        self.status = StatusStore(state_db)
+        self.status = StatusStore(state_db, self.instance_id)
         await self.handlers.start_all()
         await self._start_http()
         self.coordinator = Coordinator(
@@ -268,15 +267,13 @@ class Supervisor:
         if self.status is None:
             return
         w = slot.watcher
-        with contextlib.suppress(PyMongoError):
-            await self.status.publish(
-                slot.name,
-                state=slot.state,
-                reason=slot.reason,
-                instance=self.instance_id,
-                restarts=slot.restarts,
-                in_flight=w.dispatcher.in_flight if w is not None else 0,
-            )
+        await self.status.publish(
+            slot.name,
+            state=slot.state,
+            reason=slot.reason,
+            restarts=slot.restarts,
+            in_flight=w.dispatcher.in_flight if w is not None else 0,
+        )
 
     async def _report(self) -> None:
         # the figures of running watchers move between state changes: refresh them

@@ -7,10 +7,12 @@ the dead-letter count into one JSON-ready row.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from bson import Timestamp
+from pymongo.errors import PyMongoError
 
 from changestream_worker.state import names
 from changestream_worker.state.checkpoints import Checkpoint, MongoCheckpointStore
@@ -30,20 +32,29 @@ REPORTED = ("in_flight", "backlog", "lease_wait_s")
 
 
 class StatusStore:
-    """The ``watcher_status`` collection: one document per watcher instance."""
+    """The ``watcher_status`` collection: one document per watcher (or partition).
 
-    def __init__(self, state_db: StateDb) -> None:
+    Args:
+        state_db: the worker's state database.
+        instance_id: the reporting process's name, written with every report (readers
+            leave it out).
+    """
+
+    def __init__(self, state_db: StateDb, instance_id: str | None = None) -> None:
         self.collection = state_db[names.WATCHER_STATUS]
+        self.instance_id = instance_id
 
     async def publish(self, watcher: str, **fields: Any) -> None:
-        """Record the watcher's state and figures (``updated`` is set to now)."""
-        await self.collection.update_one(
-            {"_id": watcher}, {"$set": {**fields, "updated": datetime.now(UTC)}}, upsert=True
-        )
+        """Record ``watcher``'s state (best effort: status must never stop the work)."""
+        doc = {**fields, "updated": datetime.now(UTC)}
+        if self.instance_id is not None:
+            doc["instance"] = self.instance_id
+        with contextlib.suppress(PyMongoError):
+            await self.collection.update_one({"_id": watcher}, {"$set": doc}, upsert=True)
 
-    async def get(self, watcher: str) -> dict[str, Any] | None:
-        """The last reported document of ``watcher``, if any."""
-        return await self.collection.find_one({"_id": watcher})
+    async def get(self, watcher: str) -> dict[str, Any]:
+        """The last state ``watcher`` reported (empty if none)."""
+        return await self.collection.find_one({"_id": watcher}) or {}
 
 
 async def lease_of(state_db: StateDb, watcher: str) -> dict[str, Any] | None:
@@ -115,7 +126,7 @@ async def read_status(
     for name in watchers + sorted(n for n in dlq if n not in configured):
         cp = await checkpoints.load(name)
         lease = await lease_of(state_db, name)
-        st = await statuses.get(name) or {}
+        st = await statuses.get(name)
         row: dict[str, Any] = {
             "watcher": name,
             "configured": name in configured,
@@ -146,7 +157,7 @@ async def read_status(
 
 async def looks_running(state_db: StateDb, watcher: str, now: datetime) -> str | None:
     """The instance that seems to run ``watcher`` (reported running, or holding its lease)."""
-    st = await StatusStore(state_db).get(watcher) or {}
+    st = await StatusStore(state_db).get(watcher)
     lease = await lease_of(state_db, watcher)
     if lease_held(lease, now):
         return str((lease or {}).get("owner"))
