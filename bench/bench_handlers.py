@@ -12,33 +12,46 @@ from changestream_worker import ChangeEvent, Handler, HandlerContext
 
 
 class NoOp(Handler):
-    """Does nothing but count."""
+    """Does nothing but count (and note when the first event arrived)."""
 
     done: ClassVar[int] = 0
+    first: ClassVar[float] = 0.0
+    first_cpu: ClassVar[float] = 0.0
 
     async def handle(self, event: ChangeEvent, ctx: HandlerContext) -> None:
-        type(self).done += 1
+        cls = type(self)
+        if not cls.done:
+            cls.first, cls.first_cpu = time.perf_counter(), time.process_time()
+        cls.done += 1
 
 
 class NoOpBatch(Handler):
     """Takes batches and does nothing but count (and remember the batch sizes)."""
 
     done: ClassVar[int] = 0
+    first: ClassVar[float] = 0.0
     sizes: ClassVar[list[int]] = []
 
     async def handle_batch(self, events: Sequence[ChangeEvent], ctx: HandlerContext) -> None:
-        type(self).done += len(events)
-        type(self).sizes.append(len(events))
+        cls = type(self)
+        if not cls.done:
+            cls.first = time.perf_counter()
+        cls.done += len(events)
+        cls.sizes.append(len(events))
 
 
 class Sleep5ms(Handler):
     """Simulates a 5 ms network call."""
 
     done: ClassVar[int] = 0
+    first: ClassVar[float] = 0.0
 
     async def handle(self, event: ChangeEvent, ctx: HandlerContext) -> None:
+        cls = type(self)
+        if not cls.done:
+            cls.first = time.perf_counter()
         await asyncio.sleep(0.005)
-        type(self).done += 1
+        cls.done += 1
 
 
 class Latency(Handler):

@@ -1,13 +1,16 @@
 """Benchmark the worker against the emulator (a separate process, like a real server).
 
 Each comparison interleaves its two sides and repeats them (``--reps``, default 5), then
-prints medians: (a) no-op handler vs a raw ``async for`` over the same stream, with the
-checkpoint writes per 10,000 events; (b) a 5 ms handler at concurrency 64 over 1,000 keys
-vs the sequential loop; (c) a batched no-op handler; (d) peak RSS of a worker process with
-a 100,000-event backlog and a slow handler; (e) insert → handler start latency at 1,000
-events/s. ``--hog`` runs (a) beside one busy process per core; ``--profile`` prints the
-top frames of one no-op run (cProfile).
-Run: python bench/worker_bench.py [--reps 5] [--hog] [--profile] [--only a,b,c,d,e]
+prints medians. Rates count from the first event to the last on both sides (start-up
+excluded); CPU µs per event is the process's CPU time over the same span.
+(a) no-op handler vs a raw ``async for`` over the same stream, with the checkpoint writes
+per 10,000 events; (b) a 5 ms handler at concurrency 64 over 1,000 keys vs the sequential
+loop; (c) a batched no-op handler; (d) peak RSS of a worker process with a 100,000-event
+backlog and a slow handler; (e) insert → handler start latency at 1,000 events/s; (f) the
+raw loop with Motor beside PyMongo's async API.
+``--hog`` runs (a) beside one busy process per core; ``--profile`` prints the top frames
+of one no-op run (cProfile); ``--only w`` runs the no-op worker alone (for py-spy).
+Run: python bench/worker_bench.py [--reps 5] [--hog] [--profile] [--only a,b,c,d,e,f]
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from changestream_worker.logs import configure_logging
 from changestream_worker.service.supervisor import Supervisor
 
 HERE = Path(__file__).resolve().parent
+raw_cpu_us_per_event = 0.0  # of the last raw loop
 
 
 def start_emulator() -> tuple[subprocess.Popen[str], str]:
@@ -73,28 +77,79 @@ def config(
     }
 
 
-async def run_worker(cfg: dict[str, Any], counter: Callable[[], int], n: int) -> tuple[float, Any]:
+async def run_worker(
+    cfg: dict[str, Any],
+    counter: Callable[[], int],
+    n: int,
+    first: Callable[[], float] | None = None,
+) -> tuple[float, Any]:
+    """Events/s from start (or, with ``first``, from the first event handled) to the n-th."""
     sup = Supervisor(Settings.model_validate(cfg))
     t0 = time.perf_counter()
     await sup.start()
-    while counter() < n:  # noqa: ASYNC110 - a benchmark polls a counter, 5 ms is noise here
-        await asyncio.sleep(0.005)
-    elapsed = time.perf_counter() - t0
+    while counter() < n:  # noqa: ASYNC110 - a benchmark polls a counter, 1 ms is noise here
+        await asyncio.sleep(0.001)
+    elapsed = time.perf_counter() - (first() if first is not None else t0)
+    sup.metrics.cpu_us_per_event = (  # meaningful for the no-op runs
+        (time.process_time() - bench_handlers.NoOp.first_cpu) / (n - 1) * 1e6
+    )
     await sup.shutdown()
-    return n / elapsed, sup.metrics
+    return (n - 1 if first is not None else n) / elapsed, sup.metrics
 
 
-async def raw_loop(coll: Any, start: Any, n: int, handle: Callable[[Any], Any] | None) -> float:
+async def raw_loop(
+    coll: Any, start: Any, n: int, handle: Callable[[Any], Any] | None, steady: bool = False
+) -> float:
+    """Events/s of a bare loop from opening (or, ``steady``, from the first event)."""
+    global raw_cpu_us_per_event
     t0 = time.perf_counter()
+    cpu = time.process_time()
     seen = 0
     async with await coll.watch(start_at_operation_time=start, batch_size=1000) as stream:
         async for change in stream:
+            if steady and not seen:
+                t0, cpu = time.perf_counter(), time.process_time()
             if handle is not None:
                 await handle(change)
             seen += 1
             if seen >= n:
                 break
-    return n / (time.perf_counter() - t0)
+    raw_cpu_us_per_event = (time.process_time() - cpu) / max(1, n - 1) * 1e6
+    return (n - 1 if steady else n) / (time.perf_counter() - t0)
+
+
+async def motor_loop(uri: str, db: str, start: Any, n: int) -> float | None:
+    """The raw loop with Motor's client (``pip install -e '.[bench]'``), if installed."""
+    try:
+        from motor.motor_asyncio import AsyncIOMotorClient
+    except ImportError:
+        return None
+    client = AsyncIOMotorClient(uri)
+    seen, t0 = 0, time.perf_counter()
+    async with client[db].items.watch(start_at_operation_time=start, batch_size=1000) as stream:
+        async for _change in stream:
+            if not seen:
+                t0 = time.perf_counter()
+            seen += 1
+            if seen >= n:
+                break
+    client.close()
+    return (n - 1) / (time.perf_counter() - t0)
+
+
+async def bench_motor(client: Any, uri: str, reps: int, out: dict[str, Any]) -> None:
+    n = 20_000
+    ts, _ = await prepare(client, "f", [{"_id": i} for i in range(n)])
+    motors, raws = [], []
+    for _ in range(reps):
+        rate = await motor_loop(uri, "f", ts, n)
+        if rate is None:
+            out["f_motor_raw_events_per_s"] = "motor not installed"
+            return
+        motors.append(rate)
+        raws.append(await raw_loop(client.f.items, ts, n, None, steady=True))
+    out["f_motor_raw_events_per_s"] = round(med(motors))
+    out["f_pymongo_raw_events_per_s"] = round(med(raws))
 
 
 async def prepare(
@@ -116,25 +171,32 @@ def med(values: list[float]) -> float:
 
 
 async def bench_noop(client: Any, uri: str, reps: int, out: dict[str, Any], key: str) -> None:
-    n = 20_000
+    n = 50_000
     ts, start = await prepare(client, key, [{"_id": i} for i in range(n)])
-    raws, workers, writes = [], [], []
+    raws, workers, writes, raw_cpu, worker_cpu = [], [], [], [], []
     for rep in range(reps):
         # alternate which side goes first, so drift in the machine's load hits both
         for side in ("raw", "worker") if rep % 2 == 0 else ("worker", "raw"):
             if side == "raw":
-                raws.append(await raw_loop(client[key].items, ts, n, None))
+                raws.append(await raw_loop(client[key].items, ts, n, None, steady=True))
+                raw_cpu.append(raw_cpu_us_per_event)
                 continue
             bench_handlers.NoOp.done = 0
             rate, metrics = await run_worker(
-                config(uri, key, "NoOp", 64, start), lambda: bench_handlers.NoOp.done, n
+                config(uri, key, "NoOp", 64, start),
+                lambda: bench_handlers.NoOp.done,
+                n,
+                lambda: bench_handlers.NoOp.first,
             )
             workers.append(rate)
+            worker_cpu.append(metrics.cpu_us_per_event)
             writes.append(metrics.checkpoint_writes_total.labels("bench")._value.get())
     out[f"{key}_raw_events_per_s"] = round(med(raws))
     out[f"{key}_worker_noop_events_per_s"] = round(med(workers))
     out[f"{key}_ratio"] = round(med([w / r for w, r in zip(workers, raws, strict=True)]), 2)
     out[f"{key}_ratio_of_medians"] = round(med(workers) / med(raws), 2)
+    out[f"{key}_raw_cpu_us_per_event"] = round(med(raw_cpu), 1)
+    out[f"{key}_worker_cpu_us_per_event"] = round(med(worker_cpu), 1)
     out[f"{key}_checkpoint_writes_per_10k"] = round(med(writes) * 10_000 / n, 1)
 
 
@@ -150,11 +212,14 @@ async def bench_speedup(client: Any, uri: str, reps: int, out: dict[str, Any]) -
     for rep in range(reps):
         for side in ("seq", "conc") if rep % 2 == 0 else ("conc", "seq"):
             if side == "seq":
-                seqs.append(await raw_loop(client.b.items, ts, 400, five_ms))
+                seqs.append(await raw_loop(client.b.items, ts, 400, five_ms, steady=True))
                 continue
             bench_handlers.Sleep5ms.done = 0
             rate, _ = await run_worker(
-                config(uri, "b", "Sleep5ms", 64, start), lambda: bench_handlers.Sleep5ms.done, m
+                config(uri, "b", "Sleep5ms", 64, start),
+                lambda: bench_handlers.Sleep5ms.done,
+                m,
+                lambda: bench_handlers.Sleep5ms.first,
             )
             concs.append(rate)
     out["b_sequential_events_per_s"] = round(med(seqs))
@@ -170,7 +235,10 @@ async def bench_batched(client: Any, uri: str, reps: int, out: dict[str, Any]) -
         bench_handlers.NoOpBatch.done = 0
         bench_handlers.NoOpBatch.sizes = []
         rate, _ = await run_worker(
-            config(uri, "c", "NoOpBatch", 4, start), lambda: bench_handlers.NoOpBatch.done, n
+            config(uri, "c", "NoOpBatch", 4, start),
+            lambda: bench_handlers.NoOpBatch.done,
+            n,
+            lambda: bench_handlers.NoOpBatch.first,
         )
         rates.append(rate)
         sizes.append(med([float(s) for s in bench_handlers.NoOpBatch.sizes] or [0.0]))
@@ -230,6 +298,21 @@ async def bench_latency(client: Any, uri: str, out: dict[str, Any]) -> None:
     out["e_latency_p99_ms"] = round(s[int(len(s) * 0.99)] * 1000, 1)
 
 
+async def worker_only(client: Any, uri: str, out: dict[str, Any]) -> None:
+    n = 50_000
+    _, start = await prepare(client, "w", [{"_id": i} for i in range(n)])
+    bench_handlers.NoOp.done = 0
+    cpu = time.process_time()
+    rate, _ = await run_worker(
+        config(uri, "w", "NoOp", 64, start),
+        lambda: bench_handlers.NoOp.done,
+        n,
+        lambda: bench_handlers.NoOp.first,
+    )
+    out["w_worker_noop_events_per_s"] = round(rate)
+    out["w_cpu_us_per_event"] = round((time.process_time() - cpu) / n * 1e6, 1)
+
+
 async def profile(client: Any, uri: str, out: dict[str, Any]) -> None:
     n = 20_000
     _, start = await prepare(client, "p", [{"_id": i} for i in range(n)])
@@ -258,7 +341,7 @@ async def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--hog", action="store_true", help="also run (a) beside busy processes")
     parser.add_argument("--profile", action="store_true", help="top frames of a no-op run")
-    parser.add_argument("--only", default="a,b,c,d,e")
+    parser.add_argument("--only", default="a,b,c,d,e,f", help="sections; w: the no-op worker alone")
     args = parser.parse_args()
     only = set(args.only.split(","))
     configure_logging("json", "warning", stream=sys.stderr)
@@ -280,6 +363,8 @@ async def main() -> None:
             "c": lambda: bench_batched(client, uri, args.reps, out),
             "d": lambda: bench_rss(client, uri, out),
             "e": lambda: bench_latency(client, uri, out),
+            "f": lambda: bench_motor(client, uri, args.reps, out),
+            "w": lambda: worker_only(client, uri, out),  # the no-op worker alone, for py-spy
         }
         for name, section in sections.items():
             if name in only:

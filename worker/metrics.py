@@ -7,7 +7,12 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 PREFIX = "changestream_worker_"
 # handler latencies from a cache DEL (~1 ms) to an SMTP relay or a slow transaction (~1 min)
@@ -59,13 +64,14 @@ class Metrics:
         self.events_in_flight = Gauge(
             p + "events_in_flight", "Events submitted and not yet finished.", w, registry=r
         )
-        self.lag_seconds = Gauge(
+        # set for every event read: plain values read at scrape time (see Tally)
+        self.lag_seconds = LazyGauge(
             p + "lag_seconds",
             "Age of the last event read; 0 once an empty batch shows the stream has caught up.",
             w,
             registry=r,
         )
-        self.last_batch_timestamp_seconds = Gauge(
+        self.last_batch_timestamp_seconds = LazyGauge(
             p + "last_batch_timestamp_seconds",
             "Unix time of the last batch (empty or not) read: the stream's heartbeat.",
             w,
@@ -133,6 +139,10 @@ class Tally:
         """Add ``amount``."""
         self.value += amount
 
+    def set(self, value: float) -> None:
+        """Replace the value (a gauge's series)."""
+        self.value = value
+
     def get(self) -> float:
         """The current value."""
         return self.value
@@ -191,6 +201,16 @@ class LazyCounter(_Lazy):
 
     def _families(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, tally in list(self.series.items()):
+            family.add_metric(list(values), tally.value)
+        yield family
+
+
+class LazyGauge(LazyCounter):
+    """A gauge whose series are ``Tally`` objects set by the hot path, read at scrape time."""
+
+    def _families(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
         for values, tally in list(self.series.items()):
             family.add_metric(list(values), tally.value)
         yield family

@@ -148,7 +148,7 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _ops_logging(settings)
-    return _run_async(ops.checkpoint_reset(settings, args.watcher, args.to))
+    return _run_async(ops.checkpoint_reset(settings, args.watcher, args.to, args.yes))
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
@@ -160,7 +160,9 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from changestream_worker.cli import demo  # late: only the demo needs its parts
 
-    result: int = _run_async(demo.main(args.duration))
+    redis_url = args.redis_url or os.environ.get("REDIS_URL") or None
+    sql_url = args.sql_url or os.environ.get("DEMO_SQL_URL") or None
+    result: int = _run_async(demo.main(args.duration, redis_url, sql_url))
     return result
 
 
@@ -197,7 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = add("handlers", cmd_handlers, "list the available handler types and their options")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = add("status", cmd_status, "per watcher: checkpoint time, lag, dead letters, state")
+    p = add(
+        "status",
+        cmd_status,
+        "one line per watcher: state, checkpoint, lag, in-flight, dead letters, lease owner",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = add("dlq", cmd_dlq, "dead letters: list, replay or purge")
@@ -222,18 +228,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--watcher", metavar="W", required=True)
     q.add_argument("--to", metavar="now|ISO", required=True, help="now, or an ISO-8601 time")
+    q.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
 
     p = add("emulator", cmd_emulator, "serve the in-process replica-set emulator over TCP")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=27017)
     p.add_argument("--secondaries", type=int, default=0, help="members that are always secondaries")
-    p = add("demo", cmd_demo, "run the embedded demo (emulator, SMTP sink, generator, worker)")
+    p = add("demo", cmd_demo, "run the embedded demo: every built-in handler on in-process parts")
     p.add_argument(
         "--duration",
         type=float,
         default=None,
         metavar="S",
         help="stop after S seconds (default: until Ctrl-C)",
+    )
+    p.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="a Redis for cache invalidation (default: $REDIS_URL; if unset or not answering,"
+        " an embedded Redis-protocol test double)",
+    )
+    p.add_argument(
+        "--sql-url",
+        metavar="URL",
+        help="SQLAlchemy async URL for the SQL projection, e.g."
+        " postgresql+asyncpg://postgres@127.0.0.1/test (default: $DEMO_SQL_URL, else SQLite)",
     )
     return parser
 

@@ -65,6 +65,7 @@ class Supervisor:
         self.status: StatusStore | None = None
         self._background: list[asyncio.Task[None]] = []
         self.headroom_interval = 10.0  # seconds between oplog headroom refreshes
+        self.status_interval = 5.0  # seconds between watcher_status refreshes
         self._signals = 0
 
     # ---- lifecycle --------------------------------------------------------------
@@ -137,6 +138,7 @@ class Supervisor:
                 )
             )
         )
+        self._background.append(asyncio.create_task(self._report()))
         for ws in self.settings.watchers:
             for partition, name in enumerate(instance_names(ws)):
                 slot = WatcherSlot(ws, name, partition)
@@ -262,10 +264,24 @@ class Supervisor:
 
     async def _publish(self, slot: WatcherSlot) -> None:
         """Record the slot's state for `changestream-worker status` (best effort)."""
-        if self.status is not None:
-            await self.status.publish(
-                slot.name, state=slot.state, reason=slot.reason, restarts=slot.restarts
-            )
+        if self.status is None:
+            return
+        w = slot.watcher
+        await self.status.publish(
+            slot.name,
+            state=slot.state,
+            reason=slot.reason,
+            restarts=slot.restarts,
+            in_flight=w.dispatcher.in_flight if w is not None else 0,
+        )
+
+    async def _report(self) -> None:
+        # the figures of running watchers move between state changes: refresh them
+        while not self.stop_requested.is_set():
+            await self._wait(self.status_interval)
+            for slot in self.slots:
+                if slot.state == "running":
+                    await self._publish(slot)
 
     async def _relay_stop(self, watcher: Watcher, lease: Lease | None) -> None:
         waits = [asyncio.create_task(self.stop_requested.wait())]

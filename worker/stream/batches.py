@@ -3,7 +3,7 @@ error, per-item failures sent down the one-event path, bisection to find a poiso
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -12,12 +12,13 @@ import structlog
 from changestream_worker.errors import BatchItemFailures
 from changestream_worker.handler import Handler
 from changestream_worker.stream.failures import FailurePolicy
+from changestream_worker.stream.lanes import lane_of
 from changestream_worker.stream.retry import HandlerResult, is_transient, run_call
 
 if TYPE_CHECKING:
     from changestream_worker.events import ChangeEvent
     from changestream_worker.handler import HandlerContext
-    from changestream_worker.stream.dispatch import Bound
+    from changestream_worker.stream.bound import Bound
 
 log = structlog.get_logger("changestream_worker.stream.dispatch")
 
@@ -25,13 +26,13 @@ log = structlog.get_logger("changestream_worker.stream.dispatch")
 def redo_indexes(events: Sequence[ChangeEvent], failures: Mapping[int, BaseException]) -> list[int]:
     """The events to run again one by one: each failed one and every later event of the
     same document in the batch (they must not overtake it), in stream order."""
-    first: dict[str, int] = {}
+    first: dict[Hashable, int] = {}
     for index in sorted(failures):
         if 0 <= index < len(events):
-            first.setdefault(events[index].lane_key, index)
+            first.setdefault(lane_of(events[index]), index)
     if not first:
         return []
-    return [i for i, event in enumerate(events) if i >= first.get(event.lane_key, len(events))]
+    return [i for i, event in enumerate(events) if i >= first.get(lane_of(event), len(events))]
 
 
 def one_event(
@@ -88,8 +89,9 @@ class BatchCalls:
         if len(events) > 1 and not is_transient(error or Exception()):
             # a permanent error for the whole batch: halve it until the poison event is alone
             mid = len(events) // 2
-            return (
-                await self._batch(b, events[:mid])
+            return (  # the lease guard holds before each of these calls too
+                self._may_go_on()
+                and await self._batch(b, events[:mid])
                 and self._may_go_on()
                 and await self._batch(b, events[mid:])
             )

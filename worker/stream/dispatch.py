@@ -6,16 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from bson import Timestamp
 
-from changestream_worker.handler import takes_batches
 from changestream_worker.metrics import Metrics
 from changestream_worker.stream.batches import BatchCalls
+from changestream_worker.stream.bound import Bound
 from changestream_worker.stream.failures import DeadLetterSink, Failures, describe_key
 from changestream_worker.stream.lanes import Item, Lanes
 from changestream_worker.stream.position import Position, Watermark, token_cluster_time
@@ -25,7 +25,6 @@ from changestream_worker.stream.stops import LeaseLost, WatcherStopped, stopped_
 if TYPE_CHECKING:
     from changestream_worker.events import ChangeEvent
     from changestream_worker.handler import Handler, HandlerContext
-    from changestream_worker.metrics import Distribution, Tally
 
 __all__ = [
     "DeadLetterSink",
@@ -49,21 +48,6 @@ class DispatchPolicy(Protocol):
     def retry(self) -> RetryPolicy: ...
     @property
     def on_failure(self) -> str: ...
-
-
-class Bound:
-    """One handler of the watcher with its context and its metric series."""
-
-    __slots__ = ("batches", "ctx", "duration", "handler", "name", "ok", "sizes")
-
-    def __init__(
-        self, name: str, handler: Handler, ctx: HandlerContext, watcher: str, m: Metrics
-    ) -> None:
-        self.name, self.handler, self.ctx = name, handler, ctx
-        self.batches = takes_batches(handler)
-        self.ok: Tally = m.events_handled_total.labels(watcher, name, "success")
-        self.duration: Distribution = m.handler_duration_seconds.labels(watcher, name)
-        self.sizes: Distribution = m.batch_size.labels(watcher, name)
 
 
 class Dispatcher(Failures, BatchCalls):
@@ -150,7 +134,7 @@ class Dispatcher(Failures, BatchCalls):
         if not self._tasks:
             self._start()
         # snapshot events carry no token: they complete without moving the watermark
-        mark = None if event.from_snapshot or not event.token else event
+        mark = None if event.from_snapshot or not event.raw.get("_id") else event
         lanes.put(event, self._marks.add(mark))
 
     def mark_idle(self, token: Mapping[str, Any], cluster_time: Timestamp | None = None) -> None:
@@ -209,7 +193,7 @@ class Dispatcher(Failures, BatchCalls):
                     return
                 await lanes.wait_work()
                 continue
-            keys: list[str] = []
+            keys: list[Hashable] = []
             items: list[Item] = []
             lanes.take(keys, items)
             done = False
@@ -225,7 +209,7 @@ class Dispatcher(Failures, BatchCalls):
                     self._complete(items)
                 lanes.release(keys, len(items))
 
-    async def _fill(self, keys: list[str], items: list[Item]) -> None:
+    async def _fill(self, keys: list[Hashable], items: list[Item]) -> None:
         """Wait up to ``max_wait`` for more events to join a batch that is not full."""
         lanes, loop = self._lanes, asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait

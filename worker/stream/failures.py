@@ -16,7 +16,7 @@ from changestream_worker.stream.retry import Backoff, HandlerResult, RetryPolicy
 if TYPE_CHECKING:
     from changestream_worker.events import ChangeEvent
     from changestream_worker.metrics import Metrics
-    from changestream_worker.stream.dispatch import Bound
+    from changestream_worker.stream.bound import Bound
 
 log = structlog.get_logger("changestream_worker.stream.dispatch")
 

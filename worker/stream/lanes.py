@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Hashable
 from operator import itemgetter
 from typing import TYPE_CHECKING
+
+from bson import ObjectId
 
 if TYPE_CHECKING:
     from changestream_worker.events import ChangeEvent
@@ -16,6 +19,23 @@ if TYPE_CHECKING:
 #: one submitted event: (stream sequence number, event, its watermark entry)
 Item = tuple[int, "ChangeEvent", "Entry"]
 _seq_of = itemgetter(0)
+_SIMPLE_IDS = (ObjectId, str, int)
+
+
+def lane_of(event: ChangeEvent) -> Hashable:
+    """The lane of an event: ``(coll, db, _id)`` for the usual ids, else ``lane_key``.
+
+    A tuple costs a fraction of ``lane_key``'s text. Keys that Python deems equal (``1``
+    and ``1.0``) share a lane: that only ever serialises more, never reorders.
+    """
+    raw = event.raw
+    key = raw.get("documentKey")
+    if type(key) is dict and len(key) == 1:
+        value = key.get("_id")
+        ns = raw.get("ns")
+        if type(value) in _SIMPLE_IDS and type(ns) is dict:
+            return (ns.get("coll"), ns.get("db"), value)
+    return event.lane_key
 
 
 class Lanes:
@@ -33,28 +53,29 @@ class Lanes:
 
     def __init__(self, limit: int, batch: int) -> None:
         self.limit, self.batch = max(1, limit), max(1, batch)
-        self.queues: dict[str, deque[Item]] = {}
-        self.ready: deque[str] = deque()
+        self.queues: dict[Hashable, deque[Item]] = {}
+        self.ready: deque[Hashable] = deque()
         self.in_flight = 0
         self.closed = False
         self._seq = 0
         self._sleepers: deque[asyncio.Future[None]] = deque()
         self._waking = 0  # sleepers woken that have not run yet
-        self._room: asyncio.Future[None] | None = None
+        self._room: list[asyncio.Future[None]] = []  # producers waiting for room
         self._idle: asyncio.Future[None] | None = None
 
     # ---- the producer ----------------------------------------------------------------
     async def wait_room(self) -> None:
         """Wait until fewer than ``limit`` events are in flight (or the lanes close)."""
         while self.in_flight >= self.limit and not self.closed:
-            room = self._room = asyncio.get_running_loop().create_future()
+            room = asyncio.get_running_loop().create_future()
+            self._room.append(room)
             await room
 
     def put(self, event: ChangeEvent, entry: Entry) -> None:
         """Queue ``event`` behind the earlier events of its document."""
         self._seq += 1
         self.in_flight += 1
-        key = event.lane_key
+        key = lane_of(event)
         queue = self.queues.get(key)
         if queue is None:
             self.queues[key] = deque([(self._seq, event, entry)])
@@ -79,7 +100,7 @@ class Lanes:
                     with contextlib.suppress(ValueError):
                         self._sleepers.remove(sleeper)
 
-    def take(self, keys: list[str], items: list[Item]) -> None:
+    def take(self, keys: list[Hashable], items: list[Item]) -> None:
         """Take ready events into ``items`` (up to ``batch``), holding their keys in ``keys``;
         keys already held get their newly queued events first."""
         room = self.batch - len(items)
@@ -102,7 +123,7 @@ class Lanes:
         if ready and self._sleepers and not self._waking:
             self._wake_one()  # more work than this worker takes: hand it to another
 
-    def release(self, keys: list[str], finished: int) -> None:
+    def release(self, keys: list[Hashable], finished: int) -> None:
         """A worker is done with ``keys``; ``finished`` events left flight."""
         queues, ready = self.queues, self.ready
         for key in keys:
@@ -118,11 +139,8 @@ class Lanes:
     def finished(self, count: int) -> None:
         """``count`` events left flight (completed or dropped)."""
         self.in_flight -= count
-        room = self._room
-        if room is not None and self.in_flight < self.limit:
-            self._room = None
-            if not room.done():
-                room.set_result(None)
+        if self._room and self.in_flight < self.limit:
+            self._wake_producers()
         idle = self._idle
         if idle is not None and self.in_flight == 0:
             self._idle = None
@@ -153,9 +171,13 @@ class Lanes:
         self.closed = True
         while self._sleepers:
             self._wake_one()
-        room, self._room = self._room, None
-        if room is not None and not room.done():
-            room.set_result(None)
+        self._wake_producers()
+
+    def _wake_producers(self) -> None:
+        waiting, self._room = self._room, []
+        for room in waiting:
+            if not room.done():
+                room.set_result(None)
 
     def _wake_one(self) -> None:
         sleeper = self._sleepers.popleft()

@@ -12,7 +12,16 @@ import structlog
 from bson import Binary, Int64
 from pymongo.errors import OperationFailure
 
-from changestream_worker.testing.emulator import cmd_admin, cmd_crud, cmd_ddl, registry, wire
+from changestream_worker.testing.emulator import (
+    cmd_admin,
+    cmd_aggregate,
+    cmd_crud,
+    cmd_ddl,
+    cmd_diag,
+    cmd_find,
+    registry,
+    wire,
+)
 from changestream_worker.testing.emulator.context import ClientConnection, Ctx, ServerView
 from changestream_worker.testing.emulator.errors import CommandError
 from changestream_worker.testing.emulator.labels import TXN_END, server_labels
@@ -27,7 +36,7 @@ from changestream_worker.testing.emulator.sessions import Transaction, Workspace
 
 log = structlog.get_logger("emulator")
 # Every command the server answers: the command modules, listed here and nowhere else.
-MODULES = (cmd_admin, cmd_crud, cmd_ddl)
+MODULES = (cmd_admin, cmd_aggregate, cmd_crud, cmd_ddl, cmd_diag, cmd_find)
 COMMANDS = registry.table(*MODULES)
 # Commands a stepped-down node still answers.
 ANY_STATE = {

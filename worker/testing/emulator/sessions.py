@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bson
-import mongomock
 from bson import Timestamp
 
+from changestream_worker.testing.emulator.engine import Engine
 from changestream_worker.testing.emulator.errors import CommandError
 from changestream_worker.testing.emulator.store import Change, Store, key_bytes
 
@@ -43,7 +43,7 @@ class Transaction(Workspace):
         self.lsid = lsid
         self.number = number
         self.snapshot = store.clock.last
-        self.private: Any = mongomock.MongoClient()
+        self.private: Any = Engine()
         self.touched: set[tuple[str, str]] = set()
         self.changes: list[Change] = []
         self.written: dict[bytes, tuple[str, str, dict[str, Any]]] = {}
