@@ -20,6 +20,8 @@ FINAL = re.compile(
 def run_demo(command: list[str], cwd: Path, *extra: str) -> tuple[str, dict[str, int], str]:
     """Run the demo; returns its output, the final tally's numbers and its cache read."""
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DEMO_SQL_URL")}
+    # any free ports: other demos (other test runs on this machine) may hold 2525 and 9108
+    env.update(DEMO_SMTP_PORT="0", DEMO_HTTP_PORT="0")
     proc = subprocess.run(
         [*command, "demo", *extra],
         capture_output=True,

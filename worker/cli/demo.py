@@ -110,7 +110,10 @@ async def main(
     outbox = workdir / "outbox"
     outbox.mkdir()
     run = uuid.uuid4().hex[:8]
-    smtp_port, http_port = _free_port(2525), _free_port(9108)
+    # DEMO_SMTP_PORT / DEMO_HTTP_PORT = 0 pick any free port (demos running side by side)
+    smtp_port = _free_port(int(os.environ.get("DEMO_SMTP_PORT") or 2525))
+    http_port = int(os.environ.get("DEMO_HTTP_PORT") or 9108)
+    http_port = http_port and _free_port(http_port)
     emulator = await ReplicaSetEmulator(port=0).start()
     sink = smtp_sink(outbox, smtp_port)
     cache = await Cache.open(redis_url, f"demo:{run}", lambda: RedisServer(port=0))
@@ -146,6 +149,7 @@ async def main(
             [{"_id": sku, "name": sku.title(), "price": p} for sku, p in PRICES.items()]
         )
         print(f"changestream-worker demo — MongoDB emulator at {emulator.uri}")
+        http_port = sup.http.port if sup.http is not None else http_port
         print(f"  metrics:  http://127.0.0.1:{http_port}/metrics   (also /healthz, /readyz)")
         print(f"  outbox:   {outbox}   (one .eml file per welcome email)")
         print(f"  cache:    {cache.label}")

@@ -162,7 +162,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     redis_url = args.redis_url or os.environ.get("REDIS_URL") or None
     sql_url = args.sql_url or os.environ.get("DEMO_SQL_URL") or None
-    result: int = _run_async(demo.main(args.duration, redis_url, sql_url))
+    try:
+        result: int = _run_async(demo.main(args.duration, redis_url, sql_url))
+    except OSError as exc:  # e.g. a port taken between the demo's look and its bind
+        print(
+            f"error: demo: {exc} (DEMO_HTTP_PORT=0 DEMO_SMTP_PORT=0 pick free ports)",
+            file=sys.stderr,
+        )
+        return 1
     return result
 
 
