@@ -15,12 +15,19 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry
 from pymongo import AsyncMongoClient
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from changestream_worker.config.models import Settings, WatcherSettings
 from changestream_worker.handler import Handler, HandlerContext
 from changestream_worker.logs import mask_uri
 from changestream_worker.metrics import Metrics
+from changestream_worker.service.connect import (
+    Reachability,
+    StartupTimeout,
+    describe_error,
+    wait_for_mongodb,
+    watch_connection,
+)
 from changestream_worker.service.coordination import Coordinator
 from changestream_worker.service.headroom import watch_headroom
 from changestream_worker.state import names
@@ -77,6 +84,7 @@ class Supervisor:
         self._background: list[asyncio.Task[None]] = []
         self.headroom_interval = 10.0  # seconds between oplog headroom refreshes
         self._signals = 0
+        self.reachability = Reachability()  # hook (reliability): MongoDB reachable, for /readyz
 
     # ---- lifecycle --------------------------------------------------------------
     async def run(self) -> int:
@@ -88,6 +96,9 @@ class Supervisor:
         try:
             await self.start()
             await self.stop_requested.wait()
+        except StartupTimeout as exc:  # hook (reliability): one line, exit 1, no traceback
+            log.error("startup_timeout", error=str(exc))
+            return 1
         finally:
             await self.shutdown()
         return 0
@@ -116,10 +127,29 @@ class Supervisor:
             self.emulator = await ReplicaSetEmulator(port=0).start()
             self.uri = self.emulator.uri
         self.client = AsyncMongoClient(
-            self.uri, appname=self.settings.mongodb.app_name, tz_aware=True
+            self.uri,
+            appname=self.settings.mongodb.app_name,
+            tz_aware=True,
+            event_listeners=[self.reachability],
         )
         log.info(
             "worker_starting", mongodb=mask_uri(self.uri), watchers=len(self.settings.watchers)
+        )
+        # hook (reliability): alive and not ready while MongoDB is awaited
+        await self._start_http()
+        reached = await wait_for_mongodb(
+            self.client,
+            self.uri,
+            self.reachability,
+            self.stop_requested,
+            self.settings.startup_timeout,
+        )
+        if not reached:
+            return
+        self._background.append(
+            asyncio.create_task(
+                watch_connection(self.client, self.uri, self.reachability, self.stop_requested)
+            )
         )
         self.handlers = build_handlers(self.settings)
         state_db = self.client[self.settings.state.database]
@@ -127,7 +157,6 @@ class Supervisor:
         self.checkpoints = MongoCheckpointStore(state_db)
         for name, handler in self.handlers.items():
             await handler.start(self._context(name, "*", self.settings.mongodb.database))
-        await self._start_http()
         self.coordinator = Coordinator(
             self.settings, state_db, self.instance_id, self.slots, self.metrics, self.stop_requested
         )
@@ -261,6 +290,10 @@ class Supervisor:
         slot.restarts += 1
         slot.state, slot.reason = "restarting", f"{type(exc).__name__}: {exc}"
         self.metrics.watcher_restarts_total.labels(slot.name).inc()
+        if isinstance(exc, ConnectionFailure):  # hook (reliability): the network, not a bug
+            slot.reason = describe_error(exc)
+            log.warning("watcher_connection_failed", watcher=slot.name, error=slot.reason)
+            return
         tb = "".join(traceback.format_exception(exc))
         if tb not in slot.seen_tracebacks:
             slot.seen_tracebacks.add(tb)
@@ -359,7 +392,8 @@ class Supervisor:
             s["state"] in ("running", "standby", "stopped_by_policy", "snapshot", "resuming")
             for s in states.values()
         )
-        return ok, {"watchers": states}
+        ok = ok and self.reachability.reachable  # hook (reliability)
+        return ok, {"mongodb": self.reachability.detail(), "watchers": states}
 
 
 def _constant(epoch: int | None) -> Any:
