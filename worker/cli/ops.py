@@ -145,6 +145,9 @@ async def collect_status(
             "lag_seconds": None,
             "dead_letters": dlq.get(name, 0),
             "lease": None,
+            # hook (reliability): written by service/observer.py, see its Backlog.detail()
+            "backlog": st.get("backlog"),
+            "takeover": st.get("takeover"),
         }
         if cp is not None:
             at = cp.get("wall_time") or cp.get("cluster_time")

@@ -30,6 +30,7 @@ from changestream_worker.service.connect import (
 )
 from changestream_worker.service.coordination import Coordinator
 from changestream_worker.service.headroom import watch_headroom
+from changestream_worker.service.observer import Observer
 from changestream_worker.state import names
 from changestream_worker.state.checkpoints import MongoCheckpointStore
 from changestream_worker.state.deadletters import DeadLetterStore
@@ -85,6 +86,7 @@ class Supervisor:
         self.headroom_interval = 10.0  # seconds between oplog headroom refreshes
         self._signals = 0
         self.reachability = Reachability()  # hook (reliability): MongoDB reachable, for /readyz
+        self.observer: Observer | None = None  # hook (reliability): backlog and lease waits
 
     # ---- lifecycle --------------------------------------------------------------
     async def run(self) -> int:
@@ -168,6 +170,16 @@ class Supervisor:
                 )
             )
         )
+        # hook (reliability): backlog and takeover estimates for /readyz, gauges and status
+        self.observer = Observer(
+            self.client,
+            self.settings,
+            self.instance_id,
+            lambda: self.slots,
+            self.metrics,
+            self.checkpoints,
+        )
+        self._background.append(asyncio.create_task(self.observer.run(), name="observer"))
         for ws in self.settings.watchers:
             for partition, name in enumerate(self._instance_names(ws)):
                 slot = WatcherSlot(ws, name, partition)
@@ -381,6 +393,8 @@ class Supervisor:
                 "reason": slot.reason or (w.reason if w else ""),
                 "restarts": slot.restarts,
             }
+            if self.observer is not None:  # hook (reliability)
+                out[slot.name].update(self.observer.detail(slot.name))
         return out
 
     def health(self) -> dict[str, Any]:
