@@ -4,7 +4,8 @@ Read from the oplog, which is where the change stream itself comes from: the ent
 watched namespace after the watcher's position (handled, or stored by a dead owner). The
 count is an estimate: the watcher's ``operations``/``match`` filters are not applied (more),
 a transaction's ``applyOps`` entry counts once (fewer); it is capped, so one estimate reads at
-most ``cap`` small entries, and it costs one query while the watcher is caught up.
+most ``cap`` small entries. The seconds come from the server's ``operationTime`` (a ping), so
+the observer can refresh them often and count rarely.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from bson import Timestamp
 if TYPE_CHECKING:
     from pymongo import AsyncMongoClient
 
-__all__ = ["Backlog", "measure_backlog", "namespace_filter", "oplog_last"]
+__all__ = ["Backlog", "measure_backlog", "namespace_filter", "oplog_last", "server_time"]
 
 DEFAULT_CAP = 10_000
 
@@ -73,6 +74,14 @@ async def oplog_last(client: AsyncMongoClient[Any]) -> Timestamp | None:
         await client.local["oplog.rs"].find({}, {"ts": 1}).sort("$natural", -1).limit(1).to_list()
     )
     return docs[0]["ts"] if docs else None
+
+
+async def server_time(client: AsyncMongoClient[Any]) -> Timestamp | None:
+    """The server's ``operationTime``: its newest cluster time, from one ping (no oplog read)."""
+    async with client.start_session() as session:
+        await client.admin.command("ping", session=session)
+        when = session.operation_time
+    return when
 
 
 async def measure_backlog(

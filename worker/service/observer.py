@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -18,7 +19,12 @@ import structlog
 from bson import Timestamp
 from pymongo.errors import OperationFailure, PyMongoError
 
-from changestream_worker.service.backlog import measure_backlog, namespace_filter, oplog_last
+from changestream_worker.service.backlog import (
+    Backlog,
+    measure_backlog,
+    namespace_filter,
+    server_time,
+)
 from changestream_worker.state import names
 
 if TYPE_CHECKING:
@@ -52,7 +58,9 @@ class Observer:
         slots: returns the supervisor's current slots.
         metrics: where the gauges live.
         store: the checkpoint store, for positions of watchers not running here.
-        interval: seconds between two rounds.
+        interval: seconds between two rounds (backlog seconds and lease waits).
+        count_interval: seconds between two oplog counts of one watcher's backlog events;
+            in between the last count stands (counting reads the oplog, the rest is cheap).
     """
 
     def __init__(
@@ -64,9 +72,12 @@ class Observer:
         metrics: Metrics,
         store: CheckpointStore,
         interval: float = 2.0,
+        count_interval: float = 15.0,
     ) -> None:
         self.client, self.settings, self.instance_id = client, settings, instance_id
         self.slots, self.metrics, self.store, self.interval = slots, metrics, store, interval
+        self.count_interval = count_interval
+        self._counts: dict[str, tuple[float, int, bool]] = {}  # name: (monotonic, events, capped)
         self.state_db = client[settings.state.database]
         self.details: dict[str, dict[str, Any]] = {}
         self._announced: set[tuple[str, Any, Any]] = set()
@@ -98,7 +109,7 @@ class Observer:
         if self.settings.leases.enabled and slots:
             found = self.state_db[names.LEASES].find({"_id": {"$in": [s.name for s in slots]}})
             leases = {d["_id"]: d for d in await found.to_list()}
-        last = await self._oplog_last()
+        last = await server_time(self.client)
         for slot in slots:
             wait = self._lease_wait(slot, leases.get(slot.name), now)
             self.metrics.lease_wait_seconds.labels(slot.name).set(
@@ -112,20 +123,6 @@ class Observer:
             self.details[slot.name] = {"backlog": backlog, "lease_wait": wait}
             if mine or wait is not None:
                 await self._publish(slot.name, backlog, wait, now)
-
-    async def _oplog_last(self) -> Timestamp | None:
-        if not self._oplog_readable:
-            return None
-        try:
-            return await oplog_last(self.client)
-        except OperationFailure as exc:
-            self._oplog_readable = False
-            log.warning(
-                "backlog_unavailable",
-                error=str(exc)[:200],
-                hint="grant the worker's user read access to the local database",
-            )
-            return None
 
     def _lease_wait(
         self, slot: Slot, lease: dict[str, Any] | None, now: datetime
@@ -157,9 +154,41 @@ class Observer:
         since = await self._position(slot)
         if since is None:
             return None
-        database = slot.ws.database or self.settings.mongodb.database
-        ns = namespace_filter(database, slot.ws.collection)
-        return (await measure_backlog(self.client, since, ns, last=last)).detail()
+        if self._caught_up(slot):
+            self._counts.pop(slot.name, None)
+            return Backlog(0, False, 0.0, since).detail()
+        seconds = float(max(0, last.time - since.time))
+        counted = self._counts.get(slot.name)
+        now = time.monotonic()
+        if counted is None or counted[1] == 0 or now - counted[0] >= self.count_interval:
+            if not self._oplog_readable:
+                return None
+            database = slot.ws.database or self.settings.mongodb.database
+            ns = namespace_filter(database, slot.ws.collection)
+            try:
+                got = await measure_backlog(self.client, since, ns, last=last)
+            except OperationFailure as exc:
+                self._oplog_readable = False
+                log.warning(
+                    "backlog_unavailable",
+                    error=str(exc)[:200],
+                    hint="grant the worker's user read access to the local database",
+                )
+                return None
+            counted = self._counts[slot.name] = (now, got.events, got.capped)
+        # nothing of the namespace after the position: only other collections moved on
+        return Backlog(counted[1], counted[2], seconds if counted[1] else 0.0, since).detail()
+
+    def _caught_up(self, slot: Slot) -> bool:
+        """The running stream's last batch was empty and nothing is in flight: no backlog."""
+        w = slot.watcher
+        if w is None or slot.state == "standby" or w.dispatcher.in_flight:
+            return False
+        # the watcher sets lag to exactly 0 on an empty batch, never after an event
+        lag = self.metrics.registry.get_sample_value(
+            "changestream_worker_lag_seconds", {"watcher": slot.name}
+        )
+        return lag == 0.0
 
     async def _position(self, slot: Slot) -> Timestamp | None:
         w = slot.watcher
