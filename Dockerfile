@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# Build stage: wheels for the project and its dependencies (compilers stay here).
+# Build stage: the project with the extras config/worker.yaml uses (redis, postgres); compilers stay here.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -7,7 +7,7 @@ COPY worker ./worker
 COPY handlers ./handlers
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --upgrade pip==25.3 \
-    && /opt/venv/bin/pip install --no-cache-dir .
+    && /opt/venv/bin/pip install --no-cache-dir '.[redis,postgres]'
 
 # Runtime stage: the virtualenv, the example config, a non-root user; no compilers.
 FROM python:3.11-slim

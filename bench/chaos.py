@@ -109,6 +109,7 @@ class Run:
         self.takeovers: list[float] = []
         self.restarts = self.drops = self.stepdowns = 0
         self.writing = True
+        self.last_write = 0.0
 
     def owner(self) -> dict[str, Any] | None:
         doc = self.state.leases.find_one({"_id": "items"})
@@ -131,6 +132,7 @@ class Run:
             retry(lambda docs=docs: self.db.items.insert_many(docs, ordered=False))
             time.sleep(max(0.0, started + (i + 1) * pace - time.monotonic()))
         self.writing = False
+        self.last_write = time.monotonic()
 
     def kills(self, started: float) -> None:
         every = self.args.duration / (self.args.kills + 1)
@@ -184,10 +186,10 @@ class Run:
             t.start()
         for t in threads:
             t.join()
-        last_write = time.monotonic()
+        last_write = self.last_write  # the disruptions may end a little later
         written = set(self.db.items.distinct("_id"))
         drained = None
-        while time.monotonic() - last_write < self.args.drain_limit:
+        while time.monotonic() - last_write < self.args.drain_limit + self.args.duration / 10:
             if len(self.state.handled.distinct("key")) >= len(written):
                 drained = time.monotonic() - last_write
                 break

@@ -7,24 +7,31 @@ pre-image (``fullDocumentBeforeChange``): after a delete the document — and it
 gone, so only the pre-image can name the keys it had. That needs
 ``full_document_before_change: whenAvailable`` on the watcher and pre-images enabled on the
 collection (``changeStreamPreAndPostImages``); without them such keys are skipped and logged.
+A batch of events is one pipeline: one DEL of all their keys and one PUBLISH of that list.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio as redis
-
 from changestream_worker import (
+    BatchItemFailures,
     ChangeEvent,
     Handler,
     HandlerContext,
     HandlerOptions,
+    MissingExtraError,
     SkipEvent,
     TransientError,
 )
+
+try:
+    import redis.asyncio as redis
+except ImportError as exc:  # check-config turns this into the pip install line
+    raise MissingExtraError("redis", "redis") from exc
 
 FIELD = re.compile(r"\{([^{}]+)\}")
 
@@ -43,7 +50,7 @@ class CacheInvalidationOptions(HandlerOptions):
 
 
 class CacheInvalidation(Handler[CacheInvalidationOptions]):
-    """One pipeline of DEL per event (and an optional PUBLISH of the deleted keys)."""
+    """One pipeline of DEL per call (and an optional PUBLISH of the deleted keys)."""
 
     def __init__(self, options: CacheInvalidationOptions) -> None:
         super().__init__(options)
@@ -73,10 +80,7 @@ class CacheInvalidation(Handler[CacheInvalidationOptions]):
                 out.append(_fill(template, values))
         return out
 
-    async def handle(self, event: ChangeEvent, ctx: HandlerContext) -> None:
-        keys = self.keys_for(event)
-        if not keys:
-            raise SkipEvent("no key template resolved for this event")
+    async def _invalidate(self, keys: list[str]) -> None:
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.delete(*keys)
@@ -85,4 +89,24 @@ class CacheInvalidation(Handler[CacheInvalidationOptions]):
                 await pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise TransientError(f"redis: {exc}") from exc
+
+    async def handle(self, event: ChangeEvent, ctx: HandlerContext) -> None:
+        keys = self.keys_for(event)
+        if not keys:
+            raise SkipEvent("no key template resolved for this event")
+        await self._invalidate(keys)
         ctx.log.debug("cache_invalidated", keys=len(keys))
+
+    async def handle_batch(self, events: Sequence[ChangeEvent], ctx: HandlerContext) -> None:
+        keys: dict[str, None] = {}  # ordered and unique: one DEL names each key once
+        skipped: dict[int, BaseException] = {}
+        for i, event in enumerate(events):
+            found = self.keys_for(event)
+            if not found:
+                skipped[i] = SkipEvent("no key template resolved for this event")
+            keys.update(dict.fromkeys(found))
+        if keys:
+            await self._invalidate(list(keys))
+            ctx.log.debug("cache_invalidated", keys=len(keys), events=len(events))
+        if skipped:
+            raise BatchItemFailures(skipped)

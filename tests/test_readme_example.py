@@ -1,8 +1,10 @@
-"""The handler example in README.md, taken from the file and run by the worker."""
+"""The handler and handler-test examples in README.md, taken from the file and run."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,14 +17,25 @@ from tests.support.harness import config_dict, eventually, running, settings_of,
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-@pytest.fixture
-def readme_package(tmp_path: Path) -> Any:
-    blocks = re.findall(r"```python\n(# mypkg/handlers.py\n.*?)```", README.read_text(), re.S)
-    assert blocks, "README lost its handler example"
-    pkg = tmp_path / "mypkg"
+def readme_block(first_line: str) -> str:
+    """The README's python block that starts with ``first_line``."""
+    blocks = re.findall(
+        r"```python\n(" + re.escape(first_line) + r".*?)```", README.read_text(), re.S
+    )
+    assert blocks, f"README lost its example {first_line!r}"
+    return str(blocks[0])
+
+
+def write_package(root: Path) -> None:
+    pkg = root / "mypkg"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    (pkg / "handlers.py").write_text(blocks[0])
+    (pkg / "handlers.py").write_text(readme_block("# mypkg/handlers.py\n"))
+
+
+@pytest.fixture
+def readme_package(tmp_path: Path) -> Any:
+    write_package(tmp_path)
     sys.path.insert(0, str(tmp_path))
     yield
     sys.path.remove(str(tmp_path))
@@ -64,3 +77,34 @@ class TestReadmeExample:
             await client.drop_database(db)
             await client.drop_database(state)
             await client.close()
+
+
+class TestReadmeHandlerTest:
+    def test_the_handler_test_passes_with_the_pytest_plugin(self, tmp_path: Path) -> None:
+        """README's handler test passes in a project of its own, through the pytest plugin."""
+        write_package(tmp_path)
+        (tmp_path / "tests").mkdir()
+        (tmp_path / "tests" / "test_audit.py").write_text(readme_block("# tests/test_audit.py"))
+        env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "-o",
+                "asyncio_mode=auto",
+                "-o",
+                "asyncio_default_fixture_loop_scope=function",
+                "tests",
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "1 passed" in done.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 from changestream_worker.errors import (
     BatchItemFailures,
     ConfigError,
+    MissingExtraError,
     PermanentError,
     RetryEvent,
     SkipEvent,
@@ -13,7 +14,7 @@ from changestream_worker.errors import (
     WorkerError,
 )
 from changestream_worker.events import ChangeEvent, Namespace, get_path
-from changestream_worker.handler import Handler, HandlerContext, HandlerOptions
+from changestream_worker.handler import Handler, HandlerContext, HandlerOptions, takes_batches
 
 __all__ = [
     "BatchItemFailures",
@@ -22,6 +23,7 @@ __all__ = [
     "Handler",
     "HandlerContext",
     "HandlerOptions",
+    "MissingExtraError",
     "Namespace",
     "PermanentError",
     "RetryEvent",
@@ -30,4 +32,5 @@ __all__ = [
     "TransientError",
     "WorkerError",
     "get_path",
+    "takes_batches",
 ]

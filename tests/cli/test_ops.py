@@ -1,7 +1,8 @@
-"""Operator commands on the test bed: status, dead-letter list/replay/purge, checkpoint reset."""
+"""Operator commands in-process on the test bed: status, dead letters, checkpoint reset."""
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -65,70 +66,6 @@ async def park(state: StateDb, watcher: str, key: int) -> Any:
     )
 
 
-class TestCollectStatus:
-    async def test_row_has_checkpoint_lag_dead_letters_lease_and_state(
-        self, env: dict[str, Any]
-    ) -> None:
-        """Each watcher's row joins its checkpoint, dead letters, lease and reported state."""
-        state, now = env["state"], datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
-        wall = now - timedelta(seconds=90)
-        await state.checkpoints.insert_one(
-            {
-                "_id": "items",
-                "token": token_of(1),
-                "cluster_time": Timestamp(1, 1),
-                "wall_time": wall,
-                "updated": now,
-                "events_handled": 12,
-                "epoch": 3,
-            }
-        )
-        await state.leases.insert_one(
-            {
-                "_id": "items",
-                "owner": "pod-a",
-                "epoch": 3,
-                "expires_at": now + timedelta(seconds=10),
-            }
-        )
-        await state.watcher_status.insert_one(
-            {"_id": "items", "state": "running", "reason": "", "instance": "pod-a", "updated": now}
-        )
-        await park(state, "items", 1)
-        await park(state, "retired", 2)
-        rows = await ops.collect_status(state, ["items", "other"], now=now)
-        by_name = {r["watcher"]: r for r in rows}
-        items = by_name["items"]
-        assert items["state"] == "running" and items["lag_seconds"] == 90.0
-        assert items["dead_letters"] == 1 and items["checkpoint"]["events_handled"] == 12
-        assert items["checkpoint"]["wall_time"] == "2026-03-01T11:58:30Z"
-        assert items["lease"] == {
-            "owner": "pod-a",
-            "epoch": 3,
-            "expires_at": "2026-03-01T12:00:10Z",
-            "expired": False,
-        }
-        assert by_name["other"]["state"] == "unknown" and by_name["other"]["checkpoint"] is None
-        assert by_name["retired"]["configured"] is False
-        assert by_name["retired"]["dead_letters"] == 1
-        json.dumps(rows)  # JSON-ready as is
-        text = ops.render_status(rows)
-        assert "items" in text and "1m30s" in text and "pod-a until" in text
-
-    async def test_running_with_an_expired_lease_is_not_reported_running(
-        self, env: dict[str, Any]
-    ) -> None:
-        """A process killed while running leaves a stale state; the expired lease gives it away."""
-        state, now = env["state"], datetime.now(UTC)
-        await state.leases.insert_one(
-            {"_id": "items", "owner": "pod-a", "epoch": 1, "expires_at": now - timedelta(seconds=5)}
-        )
-        await state.watcher_status.insert_one({"_id": "items", "state": "running"})
-        [row] = await ops.collect_status(state, ["items"], now=now)
-        assert row["state"] == "unknown" and "expired" in row["reason"]
-        assert row["lease"]["expired"] is True
-
-
 class TestParseResetTime:
     def test_now_iso_and_bad_values(self) -> None:
         """``now`` asks the cluster; ISO times are UTC (naive ones too); others are refused."""
@@ -167,11 +104,11 @@ class TestCommands:
         await state.checkpoints.insert_one(
             {"_id": "items", "token": token_of(1), "epoch": 2, "snapshot": {"done": False}}
         )
-        assert await ops.checkpoint_reset(settings(env), "items", "2026-01-02T03:04:05Z") == 0
+        assert await ops.checkpoint_reset(settings(env), "items", "2026-01-02T03:04:05Z", True) == 0
         doc = await state.checkpoints.find_one({"_id": "items"})
         assert doc is not None and doc["token"] is None and "snapshot" not in doc
         assert doc["cluster_time"] == Timestamp(1767323045, 0) and doc["epoch"] == 2
-        assert await ops.checkpoint_reset(settings(env), "orders", "now") == 0
+        assert await ops.checkpoint_reset(settings(env), "orders", "now", True) == 0
         for name in ("orders#0", "orders#1"):
             doc = await state.checkpoints.find_one({"_id": name})
             assert doc is not None and doc["token"] is None
@@ -181,7 +118,7 @@ class TestCommands:
         self, env: dict[str, Any], capsys: pytest.CaptureFixture[str]
     ) -> None:
         """An unknown watcher name is a usage error naming the configured ones."""
-        assert await ops.checkpoint_reset(settings(env), "nope", "now") == 2
+        assert await ops.checkpoint_reset(settings(env), "nope", "now", True) == 2
         assert "items" in capsys.readouterr().err
 
     async def test_dlq_list_replay_purge(
@@ -201,3 +138,39 @@ class TestCommands:
         assert await DeadLetterStore(state).count("items") == 1
         assert await ops.dlq_purge(settings(env), None) == 0
         assert "purged 2" in capsys.readouterr().out
+
+
+class TestConfirmation:
+    @pytest.mark.parametrize(("answer", "code"), [("y\n", 0), ("n\n", 1), ("", 1)])
+    async def test_reset_asks_unless_yes(
+        self,
+        env: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+        answer: str,
+        code: int,
+    ) -> None:
+        """Without --yes the reset asks; only "y" changes the checkpoint, no/EOF exits 1."""
+        state = env["state"]
+        await state.checkpoints.insert_one({"_id": "items", "token": token_of(1)})
+        monkeypatch.setattr("sys.stdin", io.StringIO(answer))
+        assert await ops.checkpoint_reset(settings(env), "items", "now", False) == code
+        doc = await state.checkpoints.find_one({"_id": "items"})
+        assert doc is not None and (doc["token"] is None) == (code == 0)
+        out = capsys.readouterr()
+        assert "Point the checkpoint of items at" in out.out
+        assert ("aborted: no checkpoint changed" in out.err) == (code == 1)
+
+    async def test_reset_warns_when_the_watcher_looks_running(
+        self, env: dict[str, Any], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A live lease makes the reset warn that the owner will overwrite it."""
+        await env["state"].leases.insert_one(
+            {
+                "_id": "items",
+                "owner": "pod-b",
+                "expires_at": datetime.now(UTC) + timedelta(seconds=60),
+            }
+        )
+        assert await ops.checkpoint_reset(settings(env), "items", "now", True) == 0
+        assert "items looks running (instance pod-b)" in capsys.readouterr().err

@@ -14,6 +14,11 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure
 from pymongo.uri_parser import parse_uri
 
+from changestream_worker.testing.emulator import ReplicaSetEmulator, registry
+from changestream_worker.testing.emulator.context import Ctx
+from changestream_worker.testing.emulator.dispatch import MODULES, Dispatcher
+from changestream_worker.testing.emulator.registry import command
+
 Doc = dict[str, Any]
 Db = AsyncDatabase[Doc]
 OP_MSG = 2013
@@ -250,3 +255,29 @@ class TestMalformedMessages:
         """A negative message length closes that connection; others work."""
         assert await closed_after(mongo_uri, header(-1) + b"\x00" * 16)
         assert (await client.admin.command("ping"))["ok"] == 1.0
+
+
+@command("emulatorBroken")
+async def _broken(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
+    """A command whose implementation has a gap, as any emulator command might."""
+    return {"value": cmd["missing"], "ok": 1.0}
+
+
+class TestEmulatorGaps:
+    """A gap in the emulator answers CommandNotSupported (115), never an internal error."""
+
+    @pytest.mark.emulator_only
+    async def test_gap_is_command_not_supported(self) -> None:
+        """A command that trips over its own gap answers 115 naming it; the socket stays open."""
+        async with ReplicaSetEmulator(port=0) as rs:
+            rs.dispatcher = Dispatcher(rs, registry.table(*MODULES, extra=[_broken]))
+            client: AsyncMongoClient[Doc] = AsyncMongoClient(rs.uri)
+            try:
+                error = await refused(client.admin.command({"emulatorBroken": 1}))
+                assert (await client.admin.command("ping"))["ok"] == 1.0
+            finally:
+                await client.close()
+        assert error.code == 115
+        assert error.details is not None
+        assert error.details["codeName"] == "CommandNotSupported"
+        assert "'emulatorBroken'" in str(error)

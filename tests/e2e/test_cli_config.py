@@ -158,6 +158,87 @@ class TestCheckConfigProblems:
         ]
 
 
+def without_modules(tmp_path: Path, *modules: str) -> dict[str, str]:
+    """Environment whose interpreter cannot import ``modules``, as if they were not installed.
+
+    A sitecustomize on a test-only path sets ``sys.modules[name] = None``, which is what
+    makes Python's import system raise ImportError; nothing of ours is replaced.
+    """
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    lines = ["import sys", *(f"sys.modules[{m!r}] = None" for m in modules)]
+    (shim / "sitecustomize.py").write_text("\n".join(lines) + "\n")
+    return {"PYTHONPATH": f"{shim}{os.pathsep}{REPO}"}
+
+
+class TestMissingExtras:
+    def test_missing_library_names_the_extra_to_install(self, tmp_path: Path) -> None:
+        """A handler whose extra is not installed fails check-config with the pip line, exit 2."""
+        cfg = config(
+            handlers={
+                "cache": {
+                    "type": "cache_invalidation",
+                    "options": {"keys": ["u:{documentKey._id}"]},
+                },
+                "rows": {
+                    "type": "sql_projection",
+                    "options": {"url": "x", "table": "t", "columns": {}},
+                },
+                "rec": {"type": RECORDER, "options": {}},
+            }
+        )
+        env = without_modules(tmp_path, "redis", "sqlalchemy")
+        assert fails_with(tmp_path, cfg, env=env) == [
+            "handlers.cache.type: cache_invalidation needs the optional dependency 'redis':"
+            " pip install 'changestream-worker[redis]'",
+            "handlers.rows.type: sql_projection needs the optional dependency 'sqlalchemy':"
+            " pip install 'changestream-worker[sql]'",
+        ]
+
+    @pytest.mark.parametrize(
+        ("url", "driver", "extra"),
+        [
+            ("postgresql+asyncpg://postgres@127.0.0.1/test", "asyncpg", "postgres"),
+            ("mysql+aiomysql://root@127.0.0.1/test", "aiomysql", "mysql"),
+        ],
+    )
+    def test_missing_sql_driver_names_its_extra(
+        self, tmp_path: Path, url: str, driver: str, extra: str
+    ) -> None:
+        """A projection URL whose driver is not installed names the extra that brings it."""
+        options = {"url": url, "table": "t", "columns": {"name": "name"}}
+        cfg = config(handlers={"rows": {"type": "sql_projection", "options": options}})
+        cfg["watchers"][0]["handlers"] = ["rows"]
+        scheme = url.partition("://")[0]
+        assert fails_with(tmp_path, cfg, env=without_modules(tmp_path, driver)) == [
+            f"handlers.rows.options.url: the {scheme} driver {driver!r} is not installed:"
+            f" pip install 'changestream-worker[{extra}]'"
+        ]
+
+    def test_same_config_passes_with_the_libraries(self, tmp_path: Path) -> None:
+        """With the libraries importable the same handlers pass check-config (the shim is real)."""
+        cfg = config(
+            handlers={
+                "cache": {
+                    "type": "cache_invalidation",
+                    "options": {"keys": ["u:{documentKey._id}"]},
+                },
+                "rec": {"type": RECORDER, "options": {}},
+            }
+        )
+        proc = cli("check-config", "-c", str(write(tmp_path, cfg)), env=without_modules(tmp_path))
+        assert proc.returncode == 0, proc.stderr
+
+    def test_handlers_lists_the_type_as_unavailable(self, tmp_path: Path) -> None:
+        """`handlers --json` keeps going and says why a built-in is unavailable."""
+        proc = cli("handlers", "--json", env=without_modules(tmp_path, "redis"))
+        assert proc.returncode == 0, proc.stderr
+        data = json.loads(proc.stdout)
+        assert "cache_invalidation" not in data["handlers"]
+        assert "changestream-worker[redis]" in data["unavailable"]["cache_invalidation"]
+        assert "welcome_email" in data["handlers"]
+
+
 class TestCheckConfigOutput:
     def test_prints_normalised_masked_config(self, tmp_path: Path) -> None:
         """Exit 0; the YAML printed has defaults filled in, durations in seconds, secrets masked."""

@@ -92,15 +92,17 @@ class TestTakeoverVisible:
         wait = seen["lease_wait"]
         assert wait["owner"] == owner and 0 <= wait["remaining_s"] <= TTL
         assert seen["backlog"]["events"] > 0 and seen["backlog"]["seconds"] >= 0
-        assert doc["takeover"]["owner"] == owner and doc["backlog"]["events"] > 0
-        assert row["backlog"]["events"] > 0  # the CLI's rows carry the fields
+        assert doc["takeover"]["owner"] == owner and doc["backlog"] > 0
+        assert 0 <= doc["lease_wait_s"] <= TTL
+        assert row["backlog"] > 0 and row["backlog_detail"]["events"] == row["backlog"]
         # until everything was handled, every look showed the wait or a backlog
         assert samples, "the successor caught up before the first look"
         for handled, look in samples:
             backlog = (look.get("backlog") or {}).get("events", 0)
             assert look.get("lease_wait") is not None or backlog > 0, (handled, look)
         assert done["lease_wait"] is None and done["backlog"]["seconds"] == 0
-        assert after["takeover"] is None and after["backlog"]["events"] == 0
+        assert after["takeover"] is None and after["lease_wait_s"] is None
+        assert after["backlog"] == 0
         assert 'changestream_worker_backlog_events{watcher="items"} 0.0' in metrics
         assert 'changestream_worker_lease_wait_seconds{watcher="items"} 0.0' in metrics
         print(json.dumps({"seen": seen, "status": row, "samples": len(samples)}, default=str))

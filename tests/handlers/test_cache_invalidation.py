@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from typing import Any
 
 import pytest
 import redis.asyncio as redis
+import structlog
 from pymongo import AsyncMongoClient
 
+from changestream_worker import BatchItemFailures, HandlerContext, SkipEvent
+from changestream_worker.handlers.cache_invalidation import (
+    CacheInvalidation,
+    CacheInvalidationOptions,
+)
+from changestream_worker.testing.factories import make_event
 from tests.support.harness import config_dict, eventually, running, settings_of, unique, watcher
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -92,3 +100,55 @@ class TestCacheInvalidation:
             await client.drop_database(db)
             await client.drop_database(state)
             await client.close()
+
+
+class TestCacheInvalidationBatches:
+    async def test_a_batch_is_one_delete_and_one_publish(self, cache: Any) -> None:
+        """handle_batch over 50 events deletes every key they name and publishes their
+        union once; an event no template resolves is reported by index as skipped."""
+        prefix = unique("b")
+        channel = f"{prefix}-inval"
+        handler = CacheInvalidation(
+            CacheInvalidationOptions(
+                redis_url=REDIS_URL,
+                publish_channel=channel,
+                keys=[f"{prefix}:user:{{documentKey._id}}", f"{prefix}:n:{{fullDocument.n}}"],
+            )
+        )
+        ctx = HandlerContext(
+            client=None,
+            database=None,
+            state_database=None,  # type: ignore[arg-type]
+            log=structlog.get_logger(),
+            watcher="users",
+            handler="cache",
+        )
+        events = [make_event("insert", i, {"_id": i, "n": i % 5}) for i in range(50)]
+        events.insert(7, make_event("drop"))
+        await handler.start(ctx)
+        sub = cache.pubsub()
+        await sub.subscribe(channel)
+        try:
+            for i in range(50):
+                await cache.set(f"{prefix}:user:{i}", "cached")
+            for n in range(5):
+                await cache.set(f"{prefix}:n:{n}", "cached")
+            with pytest.raises(BatchItemFailures) as info:
+                await handler.handle_batch(events, ctx)
+            assert list(info.value.failures) == [7]
+            assert isinstance(info.value.failures[7], SkipEvent)
+            assert await cache.exists(*(f"{prefix}:user:{i}" for i in range(50))) == 0
+            assert await cache.exists(*(f"{prefix}:n:{n}" for n in range(5))) == 0
+            messages = []
+            for _ in range(20):
+                m = await sub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+                if m is not None:
+                    messages.append(json.loads(m["data"]))
+        finally:
+            await sub.unsubscribe(channel)
+            await sub.aclose()
+            await handler.stop()
+        assert len(messages) == 1
+        assert sorted(messages[0]) == sorted(
+            [f"{prefix}:user:{i}" for i in range(50)] + [f"{prefix}:n:{n}" for n in range(5)]
+        )

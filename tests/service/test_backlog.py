@@ -28,7 +28,6 @@ class Slot:
     name: str
     ws: WatcherSettings
     state: str = "standby"
-    held: bool = False
     watcher: Watcher | None = None
 
 
@@ -120,7 +119,9 @@ class TestObserver:
         assert detail["backlog"]["events"] == 7
         assert [e["event"] for e in logs] == ["lease_takeover_waiting"]
         assert doc is not None and doc["takeover"]["owner"] == "dead"
-        assert doc["backlog"]["events"] == 7 and doc["observed_by"] == "me"
+        assert doc["backlog"] == 7 and doc["backlog_detail"]["events"] == 7
+        assert doc["lease_wait_s"] == detail["lease_wait"]["remaining_s"]
+        assert doc["observed_by"] == "me"
         assert sample(registry, "backlog_events") == 7
         assert 0 < (sample(registry, "lease_wait_seconds") or 0) <= 2
 
@@ -155,7 +156,7 @@ class TestObserver:
         """The lease holder writes its backlog and takeover: null, so a finished takeover's
         fields are cleared from status."""
         obs, slot, _data, state, registry = await self._observer(client, make_db)
-        slot.held, slot.state = True, "running"
+        slot.state = "running"  # a running slot holds its lease
         await state.watcher_status.insert_one({"_id": "items", "takeover": {"owner": "dead"}})
         await MongoCheckpointStore(state).save(
             "items",
@@ -164,5 +165,6 @@ class TestObserver:
         await obs.observe()
         doc = await state.watcher_status.find_one({"_id": "items"})
         assert doc is not None and doc["takeover"] is None
-        assert doc["backlog"]["events"] == 0 and doc["backlog"]["seconds"] == 0
+        assert doc["backlog"] == 0 and doc["backlog_seconds"] == 0
+        assert doc["lease_wait_s"] is None
         assert sample(registry, "backlog_events") == 0

@@ -9,7 +9,8 @@ from typing import Any
 from bson import Timestamp
 from structlog.testing import capture_logs
 
-from changestream_worker.state.checkpoints import Checkpoint, Checkpointer, MemoryCheckpointStore
+from changestream_worker.state.checkpoints import Checkpoint, MemoryCheckpointStore
+from changestream_worker.stream.checkpointer import Checkpointer
 from changestream_worker.stream.position import Position, token_cluster_time
 from changestream_worker.testing.factories import cluster_time_of, token_of
 
@@ -176,7 +177,7 @@ class TestCheckpointer:
             source,
             interval=3600,
             max_events=1000,
-            epoch=lambda: 6,
+            epoch=6,
             on_fenced=lambda: called.append(True),
         )
         source.complete(1)

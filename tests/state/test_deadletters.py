@@ -17,7 +17,8 @@ from changestream_worker.events import ChangeEvent
 from changestream_worker.handler import Handler, HandlerContext, HandlerOptions
 from changestream_worker.state import deadletters
 from changestream_worker.state.checkpoints import Checkpoint, MongoCheckpointStore
-from changestream_worker.state.deadletters import DeadLetterStore, Resolved, replay
+from changestream_worker.state.deadletters import DeadLetterStore
+from changestream_worker.stream.replay import Resolved, replay
 from changestream_worker.testing.factories import cluster_time_of, make_event, token_of
 
 StateDb = AsyncDatabase[dict[str, Any]]

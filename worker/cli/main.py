@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from changestream_worker.errors import ConfigError
 
+EMBEDDED = "embedded://"
+
 if TYPE_CHECKING:
     from changestream_worker.config.models import Settings
 
@@ -54,15 +56,25 @@ def _run_async(coro: Coroutine[Any, Any, int]) -> int:
 
 # ---- commands ------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    from changestream_worker.config.registry import check_handlers
+    from changestream_worker.config.registry import build_handlers
     from changestream_worker.logs import configure_logging
 
     settings = _settings(args)
-    check_handlers(settings)  # fail on a bad handler before connecting anywhere
+    handlers = build_handlers(settings)  # validated once, before connecting anywhere
     configure_logging(settings.logging.format, settings.logging.level)
+    return _run_async(_serve(settings, handlers))
+
+
+async def _serve(settings: Settings, handlers: dict[str, Any]) -> int:
     from changestream_worker.service.supervisor import run
 
-    return _run_async(run(settings))
+    if not settings.mongodb.uri.startswith(EMBEDDED):
+        return await run(settings, handlers)
+    # the emulator is a test double: only the command line starts it, never the service
+    from changestream_worker.testing.emulator import ReplicaSetEmulator
+
+    async with ReplicaSetEmulator(port=0) as rs:
+        return await run(settings, handlers, uri=rs.uri)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -136,19 +148,21 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _ops_logging(settings)
-    return _run_async(ops.checkpoint_reset(settings, args.watcher, args.to))
+    return _run_async(ops.checkpoint_reset(settings, args.watcher, args.to, args.yes))
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
     from changestream_worker.testing.emulator import serve
 
-    return _run_async(serve(args.host, args.port))
+    return _run_async(serve(args.host, args.port, args.secondaries))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from changestream_worker.cli import demo  # late: only the demo needs its parts
 
-    result: int = _run_async(demo.main(args.duration))
+    redis_url = args.redis_url or os.environ.get("REDIS_URL") or None
+    sql_url = args.sql_url or os.environ.get("DEMO_SQL_URL") or None
+    result: int = _run_async(demo.main(args.duration, redis_url, sql_url))
     return result
 
 
@@ -185,7 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = add("handlers", cmd_handlers, "list the available handler types and their options")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = add("status", cmd_status, "per watcher: checkpoint time, lag, dead letters, state")
+    p = add(
+        "status",
+        cmd_status,
+        "one line per watcher: state, checkpoint, lag, in-flight, dead letters, lease owner",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = add("dlq", cmd_dlq, "dead letters: list, replay or purge")
@@ -210,17 +228,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--watcher", metavar="W", required=True)
     q.add_argument("--to", metavar="now|ISO", required=True, help="now, or an ISO-8601 time")
+    q.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
 
     p = add("emulator", cmd_emulator, "serve the in-process replica-set emulator over TCP")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=27017)
-    p = add("demo", cmd_demo, "run the embedded demo (emulator, SMTP sink, generator, worker)")
+    p.add_argument("--secondaries", type=int, default=0, help="members that are always secondaries")
+    p = add("demo", cmd_demo, "run the embedded demo: every built-in handler on in-process parts")
     p.add_argument(
         "--duration",
         type=float,
         default=None,
         metavar="S",
         help="stop after S seconds (default: until Ctrl-C)",
+    )
+    p.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="a Redis for cache invalidation (default: $REDIS_URL; if unset or not answering,"
+        " an embedded Redis-protocol test double)",
+    )
+    p.add_argument(
+        "--sql-url",
+        metavar="URL",
+        help="SQLAlchemy async URL for the SQL projection, e.g."
+        " postgresql+asyncpg://postgres@127.0.0.1/test (default: $DEMO_SQL_URL, else SQLite)",
     )
     return parser
 

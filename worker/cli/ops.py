@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sys
@@ -10,21 +11,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import structlog
 from bson import Timestamp
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
-from changestream_worker.handler import HandlerContext
-from changestream_worker.state import names as state_names
+from changestream_worker.cli.tables import render_dead_letters, render_status
+from changestream_worker.errors import ConfigError
+from changestream_worker.service.handlers import HandlerSet
 from changestream_worker.state.checkpoints import Checkpoint, MongoCheckpointStore
-from changestream_worker.state.deadletters import DeadLetterStore, Resolved, replay
+from changestream_worker.state.deadletters import DeadLetterStore
+from changestream_worker.state.status import iso, looks_running, read_status
+from changestream_worker.stream.replay import Resolved, replay
 
 if TYPE_CHECKING:
-    from pymongo.asynchronous.database import AsyncDatabase
-
     from changestream_worker.config.models import Settings, WatcherSettings
-    from changestream_worker.handler import Handler
 
 EMBEDDED = "embedded://"
 Client = AsyncMongoClient[dict[str, Any]]
@@ -71,12 +71,12 @@ async def connect(settings: Settings) -> AsyncIterator[Client]:
             "`changestream-worker run`, so there is nothing to inspect; point the "
             "config at a MongoDB replica set"
         )
-    client: Client = AsyncMongoClient(
-        settings.mongodb.uri,
-        appname=settings.mongodb.app_name,
-        tz_aware=True,
-        serverSelectionTimeoutMS=5000,
-    )
+    uri, app = settings.mongodb.uri, settings.mongodb.app_name
+    client: Client
+    if "serverselectiontimeoutms" in uri.lower():
+        client = AsyncMongoClient(uri, appname=app, tz_aware=True)
+    else:  # an operator waits 5 s for an answer, unless the URI says otherwise
+        client = AsyncMongoClient(uri, appname=app, tz_aware=True, serverSelectionTimeoutMS=5000)
     try:
         yield client
     finally:
@@ -90,160 +90,23 @@ async def _run(settings: Settings, body: Callable[[Client], Awaitable[int]]) -> 
     except OpsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ConfigError:
+        raise  # exit 2 with its lines, from main
     except PyMongoError as exc:
         from changestream_worker.logs import mask_uri
 
         print(f"error: MongoDB at {mask_uri(settings.mongodb.uri)}: {exc}"[:600], file=sys.stderr)
         return 1
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def _when(value: Any) -> datetime | None:
-    if isinstance(value, Timestamp):
-        return value.as_datetime()
-    return _aware(value) if isinstance(value, datetime) else None
-
-
-def _iso(value: Any) -> str | None:
-    when = _when(value)
-    if when is None:
-        return None
-    return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _age(value: Any, now: datetime) -> float | None:
-    when = _when(value)
-    return None if when is None else round(max(0.0, (now - when).total_seconds()), 3)
-
-
-async def collect_status(
-    state_db: AsyncDatabase[dict[str, Any]], names: list[str], now: datetime | None = None
-) -> list[dict[str, Any]]:
-    """One JSON-ready row per watcher: state, checkpoint, lag, dead letters, lease.
-
-    Watchers that are no longer configured but still have dead letters get a row too.
-    """
-    now = now or datetime.now(UTC)
-    dlq = await DeadLetterStore(state_db).counts()
-    configured = set(names)
-    rows = []
-    for name in names + sorted(n for n in dlq if n not in configured):
-        cp = await state_db[state_names.CHECKPOINTS].find_one({"_id": name})
-        lease = await state_db[state_names.LEASES].find_one({"_id": name})
-        st = await state_db[state_names.WATCHER_STATUS].find_one({"_id": name}) or {}
-        row: dict[str, Any] = {
-            "watcher": name,
-            "configured": name in configured,
-            "state": st.get("state", "unknown"),
-            "reason": st.get("reason") or "",
-            "instance": st.get("instance"),
-            "state_updated": _iso(st.get("updated")),
-            "checkpoint": None,
-            "lag_seconds": None,
-            "dead_letters": dlq.get(name, 0),
-            "lease": None,
-            # hook (reliability): written by service/observer.py, see its Backlog.detail()
-            "backlog": st.get("backlog"),
-            "takeover": st.get("takeover"),
-        }
-        if cp is not None:
-            at = cp.get("wall_time") or cp.get("cluster_time")
-            row["checkpoint"] = {
-                "cluster_time": _iso(cp.get("cluster_time")),
-                "wall_time": _iso(cp.get("wall_time")),
-                "updated": _iso(cp.get("updated")),
-                "has_token": cp.get("token") is not None,
-                "events_handled": int(cp.get("events_handled") or 0),
-                "epoch": cp.get("epoch"),
-                "snapshot": _snapshot(cp.get("snapshot")),
-            }
-            row["lag_seconds"] = _age(at, now)
-        if lease is not None:
-            expires = lease.get("expires_at")
-            expired = not isinstance(expires, datetime) or _aware(expires) <= now
-            row["lease"] = {
-                "owner": lease.get("owner"),
-                "epoch": lease.get("epoch"),
-                "expires_at": _iso(expires),
-                "expired": expired,
-            }
-            if row["state"] == "running" and (expired or lease.get("owner") is None):
-                # the last owner died without saying so (SIGKILL, lost node)
-                row["state"], row["reason"] = "unknown", "lease expired: owner gone?"
-        rows.append(row)
-    return rows
-
-
-def _snapshot(snap: Any) -> dict[str, Any] | None:
-    if not isinstance(snap, dict):
-        return None
-    return {
-        "done": bool(snap.get("done")),
-        "last_id": None if snap.get("last_id") is None else str(snap.get("last_id")),
-    }
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, sec = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{sec:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    """Left-aligned columns separated by two spaces."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-        for r in [header, *rows]
-    )
-
-
-def render_status(rows: list[dict[str, Any]]) -> str:
-    """The status rows as a table for a terminal."""
-    out = []
-    for r in rows:
-        cp, lease = r["checkpoint"] or {}, r["lease"]
-        held = "-"
-        if lease is not None:
-            held = (
-                "released"
-                if lease["owner"] is None
-                else (
-                    f"{lease['owner']} (expired)"
-                    if lease["expired"]
-                    else f"{lease['owner']} until {lease['expires_at']}"
-                )
-            )
-        out.append(
-            [
-                r["watcher"],
-                r["state"],
-                cp.get("cluster_time") or cp.get("wall_time") or "-",
-                _duration(r["lag_seconds"]),
-                str(cp.get("events_handled", "-")),
-                str(r["dead_letters"]),
-                held,
-                r["reason"][:80],
-            ]
-        )
-    header = ["WATCHER", "STATE", "CHECKPOINT", "LAG", "HANDLED", "DLQ", "LEASE", "REASON"]
-    return table(header, out)
+    except Exception as exc:  # an operator gets one line, never a traceback
+        print(f"error: {type(exc).__name__}: {exc}"[:600], file=sys.stderr)
+        return 1
 
 
 async def status(settings: Settings, as_json: bool) -> int:
     """Print each watcher's state, checkpoint time, lag, dead letters and lease."""
 
     async def body(client: Client) -> int:
-        rows = await collect_status(client[settings.state.database], watcher_names(settings))
+        rows = await read_status(client[settings.state.database], watcher_names(settings))
         if as_json:
             print(json.dumps({"watchers": rows}, indent=2))
         else:
@@ -259,34 +122,9 @@ async def dlq_list(settings: Settings, watcher: str | None) -> int:
     async def body(client: Client) -> int:
         store = DeadLetterStore(client[settings.state.database])
         letters = await store.list(watcher)
-        rows = [
-            [
-                str(dl.id),
-                dl.watcher,
-                dl.handler,
-                dl.operation,
-                json.dumps(dl.document_key, default=str)[:40],
-                dl.error_type,
-                dl.error_message.replace("\n", " ")[:60],
-                str(dl.attempts),
-                _iso(dl.last_failure) or "-",
-            ]
-            for dl in letters
-        ]
-        header = [
-            "ID",
-            "WATCHER",
-            "HANDLER",
-            "OP",
-            "KEY",
-            "ERROR",
-            "MESSAGE",
-            "ATTEMPTS",
-            "LAST FAILURE",
-        ]
-        if rows:
-            print(table(header, rows))
-        print(f"{len(rows)} dead letter(s)")
+        if letters:
+            print(render_dead_letters(letters))
+        print(f"{len(letters)} dead letter(s)")
         return 0
 
     return await _run(settings, body)
@@ -316,29 +154,18 @@ async def dlq_replay(settings: Settings, watcher: str | None, id: str | None) ->
             return 2
 
     async def body(client: Client) -> int:
-        handlers = build_handlers(settings)
-        started: dict[str, Handler] = {}
+        handlers = HandlerSet(
+            build_handlers(settings), client, settings.mongodb.database, settings.state.database
+        )
         by_name = {ws.name: ws for ws in settings.watchers}
 
         async def resolve(watcher_name: str, handler_name: str) -> Resolved | None:
-            handler = handlers.get(handler_name)
-            if handler is None:
+            if handler_name not in handlers.handlers:
                 return None
             ws: WatcherSettings | None = by_name.get(watcher_name.split("#")[0])
-            db = (ws.database if ws is not None else None) or settings.mongodb.database
-            ctx = HandlerContext(
-                client=client,
-                database=client[db],
-                state_database=client[settings.state.database],
-                log=structlog.get_logger("handler").bind(
-                    watcher=watcher_name, handler=handler_name, replay=True
-                ),
-                watcher=watcher_name,
-                handler=handler_name,
-            )
-            if handler_name not in started:
-                await handler.start(ctx)
-                started[handler_name] = handler
+            db = ws.database if ws is not None else None
+            ctx = handlers.context(handler_name, watcher_name, db, replay=True)
+            handler = await handlers.start(handler_name, ctx)
             return handler, ctx, ws.retry if ws is not None else _DefaultRetry()
 
         try:
@@ -346,9 +173,7 @@ async def dlq_replay(settings: Settings, watcher: str | None, id: str | None) ->
                 DeadLetterStore(client[settings.state.database]), resolve, watcher, id
             )
         finally:
-            for handler in started.values():
-                with contextlib.suppress(Exception):
-                    await handler.stop()
+            await handlers.stop_all()
         for oid, error in report.failed:
             print(f"failed   {oid}: {error}")
         for oid, what in report.unresolved:
@@ -387,12 +212,25 @@ def parse_reset_time(to: str, now: datetime | None = None) -> datetime | None:
     return when
 
 
-async def checkpoint_reset(settings: Settings, watcher: str, to: str) -> int:
-    """Point a watcher's checkpoint at ``now`` or a past time.
+async def confirm(question: str, assume_yes: bool) -> bool:
+    """Ask on the terminal; ``--yes`` answers for the operator. No answer (EOF) means no."""
+    if assume_yes:
+        return True
+    try:
+        answer = await asyncio.to_thread(input, f"{question} [y/N] ")
+    except EOFError:
+        print(file=sys.stderr)
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+async def checkpoint_reset(settings: Settings, watcher: str, to: str, assume_yes: bool) -> int:
+    """Point a watcher's checkpoint at ``now`` or a past time, after a confirmation.
 
     The new checkpoint has no token, only ``cluster_time``; on its next start the watcher
     opens its stream with ``startAtOperationTime`` at that time. Snapshot progress is
-    forgotten. Stop the watcher first: a running owner would overwrite the reset.
+    forgotten. Stop the watcher first: a running owner would overwrite the reset. Exit 1
+    when the operator does not confirm (nothing is changed).
     """
     try:
         when = parse_reset_time(to)
@@ -410,21 +248,25 @@ async def checkpoint_reset(settings: Settings, watcher: str, to: str) -> int:
         else:
             at = Timestamp(int(when.timestamp()), 0)
         state_db = client[settings.state.database]
-        store = MongoCheckpointStore(state_db)
         now = datetime.now(UTC)
         for name in names:
-            st = await state_db[state_names.WATCHER_STATUS].find_one({"_id": name}) or {}
-            lease = await state_db[state_names.LEASES].find_one({"_id": name}) or {}
-            expires = lease.get("expires_at")
-            held = isinstance(expires, datetime) and _aware(expires) > now and lease.get("owner")
-            if st.get("state") == "running" or held:
+            if (instance := await looks_running(state_db, name, now)) is not None:
                 print(
-                    f"warning: {name} looks running (instance {st.get('instance') or '?'}); "
+                    f"warning: {name} looks running (instance {instance}); "
                     "it will overwrite this reset unless stopped",
                     file=sys.stderr,
                 )
+        question = (
+            f"Point the checkpoint of {', '.join(names)} at {iso(at)}? Events between the "
+            "old checkpoint and that time are skipped or handled again."
+        )
+        if not await confirm(question, assume_yes):
+            print("aborted: no checkpoint changed", file=sys.stderr)
+            return 1
+        store = MongoCheckpointStore(state_db)
+        for name in names:
             await store.reset(name, Checkpoint(token=None, cluster_time=at, updated=now))
-            print(f"checkpoint of {name} reset: next start at {_iso(at)} (startAtOperationTime)")
+            print(f"checkpoint of {name} reset: next start at {iso(at)} (startAtOperationTime)")
         return 0
 
     return await _run(settings, body)

@@ -267,7 +267,16 @@ def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Set
         raise ConfigError(f"{path}: the config file is empty")
     if not isinstance(raw, dict):
         raise ConfigError(f"<root>: expected a mapping of sections, got {type(raw).__name__}")
-    data, problems = interpolate(raw, os.environ if env is None else env)
+    return settings_from(raw, env)
+
+
+def settings_from(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
+    """Interpolate and validate a config already read (a mapping like the YAML file's).
+
+    Raises:
+        ConfigError: one ``yaml.path: message`` line per problem.
+    """
+    data, problems = interpolate(dict(raw), os.environ if env is None else env)
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, cast
 from pydantic import BaseModel, ValidationError
 
 from changestream_worker.config.loading import problems_from
-from changestream_worker.errors import ConfigError
+from changestream_worker.errors import ConfigError, MissingExtraError
 from changestream_worker.handler import Handler, HandlerOptions
 
 if TYPE_CHECKING:
@@ -45,6 +45,8 @@ def _import_class(spec: str) -> type[Handler]:
         raise ConfigError(f"handler type {spec!r}: expected 'package.module:Class'")
     try:
         module = importlib.import_module(module_name)
+    except MissingExtraError as exc:
+        raise ConfigError(_missing_extra(spec, exc)) from None
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
             raise ConfigError(
@@ -68,9 +70,15 @@ def _import_class(spec: str) -> type[Handler]:
     return _check_class(obj, spec)
 
 
+def _missing_extra(spec: str, exc: MissingExtraError) -> str:
+    return f"{spec} {exc}"
+
+
 def _load_entry_point(ep: EntryPoint) -> type[Handler]:
     try:
         obj = ep.load()
+    except MissingExtraError as exc:
+        raise ConfigError(_missing_extra(ep.name, exc)) from None
     except Exception as exc:
         raise ConfigError(
             f"handler type {ep.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}"

@@ -10,52 +10,62 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from pymongo.errors import PyMongoError
 
-from changestream_worker.state.leases import Lease, Membership, fair_share
+from changestream_worker.state.leases import Lease, Membership
 
 if TYPE_CHECKING:
     from pymongo.asynchronous.database import AsyncDatabase
 
-    from changestream_worker.config.models import Settings
+    from changestream_worker.config.models import LeaseSettings, WatcherSettings
     from changestream_worker.metrics import Metrics
-    from changestream_worker.service.supervisor import WatcherSlot
 
 log = structlog.get_logger("changestream_worker.service.coordination")
 
 
+def fair_share(partitions: int, members: int) -> int:
+    """How many of a watcher's partitions one process should own at most."""
+    return -(-partitions // max(1, members))
+
+
 class Coordinator:
-    """Decides which of this process's watcher slots may run, when leases are on.
+    """Decides which watchers this process may run, when leases are on.
+
+    It keeps its own account of the leases it holds (by watcher name) and tells the
+    supervisor what to do through two callbacks; it never reaches into the supervisor.
 
     Args:
-        settings: the configuration (``leases`` and ``watchers``).
+        leases: the ``leases`` settings.
         state_db: where leases and membership heartbeats live.
         instance_id: this process's stable name.
-        slots: the supervisor's slots (read, never replaced).
         metrics: collectors (``lease_held``).
         stop: set when the process is shutting down.
+        hand_over: called with a watcher's name when it must give its lease up (a replica
+            joined and this process holds more than its fair share of partitions).
     """
 
     def __init__(
         self,
-        settings: Settings,
+        leases: LeaseSettings,
         state_db: AsyncDatabase[Any],
         instance_id: str,
-        slots: list[WatcherSlot],
         metrics: Metrics,
         stop: asyncio.Event,
+        hand_over: Callable[[str], None],
     ) -> None:
-        self.settings, self.state_db, self.instance_id = settings, state_db, instance_id
-        self.slots, self.metrics, self.stop = slots, metrics, stop
+        self.leases, self.state_db, self.instance_id = leases, state_db, instance_id
+        self.metrics, self.stop, self._hand_over = metrics, stop, hand_over
         self.membership: Membership | None = None
+        self._held: dict[str, WatcherSettings] = {}  # name -> the watcher it partitions
+        self._yielding: set[str] = set()
         self._task: asyncio.Task[None] | None = None
 
     @property
     def enabled(self) -> bool:
-        return self.settings.leases.enabled
+        return self.leases.enabled
 
     async def start(self) -> None:
         if not self.enabled:
             return
-        self.membership = Membership(self.state_db, self.instance_id, self.settings.leases.ttl)
+        self.membership = Membership(self.state_db, self.instance_id, self.leases.ttl)
         await self.membership.beat()
         self._task = asyncio.create_task(self._membership_loop(), name="membership")
 
@@ -68,58 +78,73 @@ class Coordinator:
             await self.membership.leave()
 
     async def acquire(
-        self, slot: WatcherSlot, publish: Callable[[WatcherSlot], Awaitable[None]]
+        self, name: str, ws: WatcherSettings, standing_by: Callable[[], Awaitable[None]]
     ) -> Lease | None:
-        """Stand by until this process owns the slot's lease (None: leases off, or stopping)."""
+        """Stand by until this process owns ``name``'s lease (None: leases off, or stopping).
+
+        ``standing_by`` is awaited once when the lease is found held by another replica.
+        """
         if not self.enabled:
             return None
-        lease = Lease(self.state_db, slot.name, self.instance_id, self.settings.leases.ttl)
-        poll = min(1.0, self.settings.leases.ttl / 3)
+        lease = Lease(self.state_db, name, self.instance_id, self.leases.ttl)
+        poll = min(1.0, self.leases.ttl / 3)
+        announced = False
         while not self.stop.is_set():
             try:
-                if self._may_take(slot) and await lease.try_acquire():
-                    slot.held = True
-                    self.metrics.lease_held.labels(slot.name).set(1)
+                if self._may_take(ws) and await lease.try_acquire():
+                    self._held[name] = ws
+                    self.metrics.lease_held.labels(name).set(1)
                     return lease
             except PyMongoError as exc:
-                log.warning("lease_acquire_failed", watcher=slot.name, error=str(exc)[:200])
-            if slot.state != "standby":
-                slot.state, slot.reason = "standby", "another replica holds the lease"
-                self.metrics.lease_held.labels(slot.name).set(0)
-                await publish(slot)
+                log.warning("lease_acquire_failed", watcher=name, error=str(exc)[:200])
+            if not announced:
+                announced = True
+                self.metrics.lease_held.labels(name).set(0)
+                await standing_by()
             await self._wait(poll)
         return None
 
-    def released(self, slot: WatcherSlot) -> None:
-        slot.held = False
-        self.metrics.lease_held.labels(slot.name).set(0)
+    def released(self, name: str) -> None:
+        """The supervisor let ``name``'s lease go (or lost it)."""
+        self._held.pop(name, None)
+        self.metrics.lease_held.labels(name).set(0)
 
-    def _may_take(self, slot: WatcherSlot) -> bool:
-        """Partitions are shared: take one only while under this process's fair share."""
-        if slot.ws.partitions <= 1 or self.membership is None:
+    def handed_over(self, name: str) -> bool:
+        """Whether ``name`` stopped because this coordinator asked it to (and forget it)."""
+        if name in self._yielding:
+            self._yielding.discard(name)
             return True
-        held = sum(1 for s in self.slots if s.ws is slot.ws and s.held)
-        return held < fair_share(slot.ws.partitions, self.membership.alive)
+        return False
+
+    def _may_take(self, ws: WatcherSettings) -> bool:
+        """Partitions are shared: take one only while under this process's fair share."""
+        if ws.partitions <= 1 or self.membership is None:
+            return True
+        held = sum(1 for w in self._held.values() if w is ws)
+        return held < fair_share(ws.partitions, self.membership.alive)
 
     async def _membership_loop(self) -> None:
         assert self.membership is not None
         while not self.stop.is_set():
-            await self._wait(self.settings.leases.ttl / 3)
+            await self._wait(self.leases.ttl / 3)
             try:
                 alive = await self.membership.beat()
             except PyMongoError as exc:
                 log.warning("membership_beat_failed", error=str(exc)[:200])
                 continue
-            for ws in self.settings.watchers:
-                if ws.partitions <= 1:
-                    continue
-                held = [s for s in self.slots if s.ws is ws and s.held and not s.yield_requested]
-                extra = len(held) - fair_share(ws.partitions, alive)
-                for slot in held[len(held) - extra :] if extra > 0 else []:
-                    log.info("partition_handover", watcher=slot.name, members=alive)
-                    slot.yield_requested = True
-                    if slot.watcher is not None:
-                        slot.watcher.stopping.set()
+            self._rebalance(alive)
+
+    def _rebalance(self, alive: int) -> None:
+        by_watcher: dict[int, list[str]] = {}
+        for name, ws in self._held.items():
+            if ws.partitions > 1 and name not in self._yielding:
+                by_watcher.setdefault(id(ws), []).append(name)
+        for names in by_watcher.values():
+            extra = len(names) - fair_share(self._held[names[0]].partitions, alive)
+            for name in names[len(names) - extra :] if extra > 0 else []:
+                log.info("partition_handover", watcher=name, members=alive)
+                self._yielding.add(name)
+                self._hand_over(name)
 
     async def _wait(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -44,8 +44,11 @@ class Slot(Protocol):
     name: str
     ws: WatcherSettings
     state: str
-    held: bool
     watcher: Watcher | None
+
+
+# a slot in one of these runs its watcher, so it holds the lease when leases are on
+RUNNING = frozenset({"running", "snapshot", "resuming"})
 
 
 class Observer:
@@ -115,7 +118,7 @@ class Observer:
             self.metrics.lease_wait_seconds.labels(slot.name).set(
                 wait["remaining_s"] if wait else 0.0
             )
-            mine = not self.settings.leases.enabled or slot.held
+            mine = not self.settings.leases.enabled or slot.state in RUNNING
             backlog = None
             if last is not None and (mine or wait is not None):
                 backlog = await self._backlog(slot, last)
@@ -129,7 +132,7 @@ class Observer:
     ) -> dict[str, Any] | None:
         """The takeover this standby waits for, when the owner stopped renewing."""
         # an owner named like this process is a previous incarnation (restarted after a kill)
-        if lease is None or slot.held or lease.get("owner") is None:
+        if lease is None or slot.state in RUNNING or lease.get("owner") is None:
             return None
         ttl = self.settings.leases.ttl
         renewed, expires = _aware(lease.get("renewed_at")), _aware(lease.get("expires_at"))
@@ -182,7 +185,7 @@ class Observer:
     def _caught_up(self, slot: Slot) -> bool:
         """The running stream's last batch was empty and nothing is in flight: no backlog."""
         w = slot.watcher
-        if w is None or slot.state == "standby" or w.dispatcher.in_flight:
+        if w is None or slot.state not in RUNNING or w.dispatcher.in_flight:
             return False
         # the watcher sets lag to exactly 0 on an empty batch, never after an event
         lag = self.metrics.registry.get_sample_value(
@@ -192,7 +195,7 @@ class Observer:
 
     async def _position(self, slot: Slot) -> Timestamp | None:
         w = slot.watcher
-        if w is not None and slot.state != "standby":
+        if w is not None and slot.state in RUNNING:
             for pos in (w.dispatcher.watermark, w.checkpointer.last_written):
                 if pos is not None and pos.cluster_time is not None:
                     return pos.cluster_time
@@ -221,7 +224,11 @@ class Observer:
             {"_id": name},
             {
                 "$set": {
-                    "backlog": backlog,
+                    # scalars for the status table's columns, the details for --json
+                    "backlog": None if backlog is None else backlog["events"],
+                    "backlog_seconds": None if backlog is None else backlog["seconds"],
+                    "backlog_detail": backlog,
+                    "lease_wait_s": None if wait is None else wait["remaining_s"],
                     "takeover": wait,
                     "observed_by": self.instance_id,
                     "observed_at": now,

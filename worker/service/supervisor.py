@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import signal
 import socket
-import traceback
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -17,8 +14,9 @@ from prometheus_client import CollectorRegistry
 from pymongo import AsyncMongoClient
 from pymongo.errors import ConnectionFailure, PyMongoError
 
-from changestream_worker.config.models import Settings, WatcherSettings
-from changestream_worker.handler import Handler, HandlerContext
+from changestream_worker.config.models import Settings
+from changestream_worker.errors import ConfigError
+from changestream_worker.handler import Handler
 from changestream_worker.logs import mask_uri
 from changestream_worker.metrics import Metrics
 from changestream_worker.service.connect import (
@@ -29,36 +27,21 @@ from changestream_worker.service.connect import (
     watch_connection,
 )
 from changestream_worker.service.coordination import Coordinator
+from changestream_worker.service.handlers import HandlerSet
 from changestream_worker.service.headroom import watch_headroom
 from changestream_worker.service.observer import Observer
-from changestream_worker.state import names
+from changestream_worker.service.slots import READY_STATES, WatcherSlot, instance_names
 from changestream_worker.state.checkpoints import MongoCheckpointStore
 from changestream_worker.state.deadletters import DeadLetterStore
-from changestream_worker.state.leases import Lease, partition_stage
+from changestream_worker.state.leases import Lease
+from changestream_worker.state.status import StatusStore
 from changestream_worker.stream.dispatch import Dispatcher
-from changestream_worker.stream.watcher import Watcher, WatcherStopped
+from changestream_worker.stream.retry import backoff
+from changestream_worker.stream.source import partition_stage
+from changestream_worker.stream.watcher import Watcher, WatcherSpec, WatcherStopped
 
 log = structlog.get_logger("changestream_worker.service.supervisor")
 EMBEDDED = "embedded://"
-
-
-class WatcherSlot:
-    """A watcher's place in the supervisor: its task, state and last failure."""
-
-    def __init__(self, ws: WatcherSettings, name: str, partition: int = 0) -> None:
-        self.ws, self.name, self.partition = ws, name, partition
-        self.task: asyncio.Task[None] | None = None
-        self.watcher: Watcher | None = None
-        self.state = "starting"
-        self.reason = ""
-        self.restarts = 0
-        self.seen_tracebacks: set[str] = set()
-        self.held = False  # this process owns the slot's lease
-        self.yield_requested = False  # give the lease up to rebalance partitions
-
-    @property
-    def ready(self) -> bool:
-        return self.state in ("running", "standby", "stopped_by_policy", "snapshot")
 
 
 class Supervisor:
@@ -69,21 +52,29 @@ class Supervisor:
         registry: the Prometheus registry to register collectors on (a fresh one if None).
     """
 
-    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry | None = None,
+        handlers: dict[str, Handler[Any]] | None = None,
+        uri: str | None = None,
+    ) -> None:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.stop_requested = asyncio.Event()
         self.slots: list[WatcherSlot] = []
-        self.handlers: dict[str, Handler] = {}
+        self._built = handlers  # validated and built once, by the caller (or at start)
+        self.handlers: HandlerSet | None = None
         self.client: AsyncMongoClient[dict[str, Any]] | None = None
-        self.emulator: Any = None
         self.http: Any = None
-        self.uri = settings.mongodb.uri
+        self.uri = uri or settings.mongodb.uri
         self.instance_id = settings.leases.instance_id or socket.gethostname()
         self.coordinator: Coordinator | None = None
+        self.status: StatusStore | None = None
         self._background: list[asyncio.Task[None]] = []
         self.headroom_interval = 10.0  # seconds between oplog headroom refreshes
+        self.status_interval = 5.0  # seconds between watcher_status refreshes
         self._signals = 0
         self.reachability = Reachability()  # hook (reliability): MongoDB reachable, for /readyz
         self.observer: Observer | None = None  # hook (reliability): backlog and lease waits
@@ -121,13 +112,15 @@ class Supervisor:
         self.stop_requested.set()
 
     async def start(self) -> None:
-        from changestream_worker.config.registry import build_handlers
-
         if self.uri.startswith(EMBEDDED):
-            from changestream_worker.testing.emulator import ReplicaSetEmulator
+            raise ConfigError(
+                "mongodb.uri: embedded:// is started by the command line "
+                "(changestream-worker run), not by the supervisor"
+            )
+        if self._built is None:
+            from changestream_worker.config.registry import build_handlers
 
-            self.emulator = await ReplicaSetEmulator(port=0).start()
-            self.uri = self.emulator.uri
+            self._built = build_handlers(self.settings)
         self.client = AsyncMongoClient(
             self.uri,
             appname=self.settings.mongodb.app_name,
@@ -153,14 +146,21 @@ class Supervisor:
                 watch_connection(self.client, self.uri, self.reachability, self.stop_requested)
             )
         )
-        self.handlers = build_handlers(self.settings)
+        self.handlers = HandlerSet(
+            self._built, self.client, self.settings.mongodb.database, self.settings.state.database
+        )
         state_db = self.client[self.settings.state.database]
         self.dead_letters = DeadLetterStore(state_db)
         self.checkpoints = MongoCheckpointStore(state_db)
-        for name, handler in self.handlers.items():
-            await handler.start(self._context(name, "*", self.settings.mongodb.database))
+        self.status = StatusStore(state_db)
+        await self.handlers.start_all()
         self.coordinator = Coordinator(
-            self.settings, state_db, self.instance_id, self.slots, self.metrics, self.stop_requested
+            self.settings.leases,
+            state_db,
+            self.instance_id,
+            self.metrics,
+            self.stop_requested,
+            hand_over=self._hand_over,
         )
         await self.coordinator.start()
         self._background.append(
@@ -170,6 +170,7 @@ class Supervisor:
                 )
             )
         )
+        self._background.append(asyncio.create_task(self._report()))
         # hook (reliability): backlog and takeover estimates for /readyz, gauges and status
         self.observer = Observer(
             self.client,
@@ -181,19 +182,19 @@ class Supervisor:
         )
         self._background.append(asyncio.create_task(self.observer.run(), name="observer"))
         for ws in self.settings.watchers:
-            for partition, name in enumerate(self._instance_names(ws)):
+            for partition, name in enumerate(instance_names(ws)):
                 slot = WatcherSlot(ws, name, partition)
                 self.slots.append(slot)
                 slot.task = asyncio.create_task(self._supervise(slot), name=f"watcher:{name}")
 
+    def _hand_over(self, name: str) -> None:
+        for slot in self.slots:
+            if slot.name == name and slot.watcher is not None:
+                slot.watcher.stopping.set()
+
     def _active_watchers(self) -> list[Watcher]:
         # a failed watcher keeps its gauge: negative headroom is the reason it failed
         return [s.watcher for s in self.slots if s.watcher is not None and s.state != "standby"]
-
-    def _instance_names(self, ws: WatcherSettings) -> list[str]:
-        if ws.partitions <= 1:
-            return [ws.name]
-        return [f"{ws.name}#{i}" for i in range(ws.partitions)]
 
     async def _start_http(self) -> None:
         if not self.settings.http.enabled:
@@ -209,23 +210,15 @@ class Supervisor:
         )
         await self.http.start()
 
-    def _context(self, handler: str, watcher: str, database: str) -> HandlerContext:
-        assert self.client is not None
-        return HandlerContext(
-            client=self.client,
-            database=self.client[database],
-            state_database=self.client[self.settings.state.database],
-            log=structlog.get_logger("handler").bind(watcher=watcher, handler=handler),
-            watcher=watcher,
-            handler=handler,
-        )
-
     # ---- one watcher ------------------------------------------------------------
     def build_watcher(self, slot: WatcherSlot, lease: Lease | None = None) -> Watcher:
-        assert self.client is not None
+        assert self.client is not None and self.handlers is not None
         ws = slot.ws
         database = ws.database or self.settings.mongodb.database
-        bound = [(h, self.handlers[h], self._context(h, slot.name, database)) for h in ws.handlers]
+        bound = [
+            (h, self.handlers.handlers[h], self.handlers.context(h, slot.name, database))
+            for h in ws.handlers
+        ]
         dispatcher = Dispatcher(
             slot.name,
             bound,
@@ -235,23 +228,22 @@ class Supervisor:
             guard=None if lease is None else lease.valid,
         )
         extra = [partition_stage(slot.partition, ws.partitions)] if ws.partitions > 1 else []
-        return Watcher(
-            self.settings,
+        spec = WatcherSpec(
             ws,
-            self.client[database],
-            dispatcher,
-            self.checkpoints,
-            self.metrics,
-            name=slot.name,
-            extra_stages=extra,
-            fence=None if lease is None else _constant(lease.epoch),
+            slot.name,
+            self.settings.checkpoint,
+            self.settings.shutdown_timeout,
+            extra_stages=tuple(extra),
+            epoch=None if lease is None else lease.epoch,  # fixed for the whole acquisition
         )
+        return Watcher(spec, self.client[database], dispatcher, self.checkpoints, self.metrics)
 
     async def _supervise(self, slot: WatcherSlot) -> None:
         assert self.coordinator is not None, "start() first"
-        delay = 0.5
+        restart_delay = backoff(0.5, 60.0)
+        attempt = 0
         while not self.stop_requested.is_set():
-            lease = await self.coordinator.acquire(slot, self._publish)
+            lease = await self.coordinator.acquire(slot.name, slot.ws, lambda: self._standby(slot))
             if lease is None and self.settings.leases.enabled:
                 return  # asked to stop while standing by
             watcher = slot.watcher = self.build_watcher(slot, lease)
@@ -259,23 +251,21 @@ class Supervisor:
             if lease is not None:
                 helpers.append(asyncio.create_task(lease.keep()))
             try:
-                slot.state, slot.reason = "running", ""
+                slot.set("running")
                 await self._publish(slot)
                 await watcher.run()
                 if lease is not None and lease.lost.is_set() and not self.stop_requested.is_set():
                     self._deposed(slot)
                     continue
-                if slot.yield_requested and not self.stop_requested.is_set():
-                    slot.yield_requested = False
-                    slot.state, slot.reason = "standby", "handed over to rebalance partitions"
+                if self.coordinator.handed_over(slot.name) and not self.stop_requested.is_set():
+                    slot.set("standby", "handed over to rebalance partitions")
                     continue
                 return
             except WatcherStopped as exc:
                 if exc.fenced and not self.stop_requested.is_set():
                     self._deposed(slot)
                     continue
-                slot.state = "stopped_by_policy" if exc.expected else "failed"
-                slot.reason = exc.reason
+                slot.set("stopped_by_policy" if exc.expected else "failed", exc.reason)
                 log.error(
                     "watcher_stopped", watcher=slot.name, reason=exc.reason, expected=exc.expected
                 )
@@ -284,32 +274,33 @@ class Supervisor:
                 raise
             except Exception as exc:  # a crash: log each distinct traceback once, then restart
                 self._crashed(slot, exc)
-                await self._wait(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 60.0)
+                attempt += 1
+                await self._wait(restart_delay(attempt))
             finally:
                 for task in helpers:
                     task.cancel()
                 if lease is not None:
                     await lease.release()
-                    self.coordinator.released(slot)
+                    self.coordinator.released(slot.name)
                 await self._publish(slot)
 
+    async def _standby(self, slot: WatcherSlot) -> None:
+        slot.set("standby", "another replica holds the lease")
+        await self._publish(slot)
+
     def _deposed(self, slot: WatcherSlot) -> None:
-        slot.state, slot.reason = "standby", "lease lost: another replica owns it now"
+        slot.set("standby", "lease lost: another replica owns it now")
         log.warning("watcher_deposed", watcher=slot.name)
 
     def _crashed(self, slot: WatcherSlot, exc: BaseException) -> None:
-        slot.restarts += 1
-        slot.state, slot.reason = "restarting", f"{type(exc).__name__}: {exc}"
         self.metrics.watcher_restarts_total.labels(slot.name).inc()
         if isinstance(exc, ConnectionFailure):  # hook (reliability): the network, not a bug
+            slot.crashed(exc)
             slot.reason = describe_error(exc)
             log.warning("watcher_connection_failed", watcher=slot.name, error=slot.reason)
             return
-        tb = "".join(traceback.format_exception(exc))
-        if tb not in slot.seen_tracebacks:
-            slot.seen_tracebacks.add(tb)
-            log.error("watcher_crashed", watcher=slot.name, error=slot.reason, traceback=tb)
+        if slot.crashed(exc):
+            log.error("watcher_crashed", watcher=slot.name, error=slot.reason, traceback=slot.tb)
         else:
             log.warning(
                 "watcher_crashed_again",
@@ -320,22 +311,26 @@ class Supervisor:
 
     async def _publish(self, slot: WatcherSlot) -> None:
         """Record the slot's state for `changestream-worker status` (best effort)."""
-        if self.client is None:
+        if self.status is None:
             return
+        w = slot.watcher
         with contextlib.suppress(PyMongoError):
-            await self.client[self.settings.state.database][names.WATCHER_STATUS].update_one(
-                {"_id": slot.name},
-                {
-                    "$set": {
-                        "state": slot.state,
-                        "reason": slot.reason,
-                        "instance": self.instance_id,
-                        "restarts": slot.restarts,
-                        "updated": datetime.now(UTC),
-                    }
-                },
-                upsert=True,
+            await self.status.publish(
+                slot.name,
+                state=slot.state,
+                reason=slot.reason,
+                instance=self.instance_id,
+                restarts=slot.restarts,
+                in_flight=w.dispatcher.in_flight if w is not None else 0,
             )
+
+    async def _report(self) -> None:
+        # the figures of running watchers move between state changes: refresh them
+        while not self.stop_requested.is_set():
+            await self._wait(self.status_interval)
+            for slot in self.slots:
+                if slot.state == "running":
+                    await self._publish(slot)
 
     async def _relay_stop(self, watcher: Watcher, lease: Lease | None) -> None:
         waits = [asyncio.create_task(self.stop_requested.wait())]
@@ -365,56 +360,36 @@ class Supervisor:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        for name, handler in self.handlers.items():
-            try:
-                await handler.stop()
-            except Exception as exc:  # one handler's failing stop must not block the others
-                log.warning("handler_stop_failed", handler=name, error=str(exc))
+        if self.handlers is not None:
+            await self.handlers.stop_all()
         if self.http is not None:
             await self.http.stop()
         if self.client is not None:
             if self.coordinator is not None:
                 await self.coordinator.close()
             await self.client.close()
-        if self.emulator is not None:
-            await self.emulator.stop()
         log.info("worker_stopped")
 
     # ---- health -----------------------------------------------------------------
     def watcher_states(self) -> dict[str, dict[str, Any]]:
-        out = {}
-        for slot in self.slots:
-            w = slot.watcher
-            state = slot.state
-            if w is not None and state == "running":
-                state = w.state
-            out[slot.name] = {
-                "state": state,
-                "reason": slot.reason or (w.reason if w else ""),
-                "restarts": slot.restarts,
-            }
-            if self.observer is not None:  # hook (reliability)
-                out[slot.name].update(self.observer.detail(slot.name))
-        return out
+        states = {slot.name: slot.report() for slot in self.slots}
+        if self.observer is not None:  # hook (reliability): backlog and lease wait
+            for name, state in states.items():
+                state.update(self.observer.detail(name))
+        return states
 
     def health(self) -> dict[str, Any]:
         return {"watchers": self.watcher_states()}
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         states = self.watcher_states()
-        ok = self.client is not None and all(
-            s["state"] in ("running", "standby", "stopped_by_policy", "snapshot", "resuming")
-            for s in states.values()
-        )
+        ok = self.client is not None and all(s["state"] in READY_STATES for s in states.values())
         ok = ok and self.reachability.reachable  # hook (reliability)
         return ok, {"mongodb": self.reachability.detail(), "watchers": states}
 
 
-def _constant(epoch: int | None) -> Any:
-    # the epoch at acquisition, fixed: after a loss the lease forgets it, the fence must not
-    return lambda: epoch
-
-
-async def run(settings: Settings) -> int:
+async def run(
+    settings: Settings, handlers: dict[str, Handler[Any]] | None = None, uri: str | None = None
+) -> int:
     """Entry point of ``changestream-worker run``."""
-    return await Supervisor(settings).run()
+    return await Supervisor(settings, handlers=handlers, uri=uri).run()

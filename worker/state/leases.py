@@ -131,20 +131,6 @@ class Lease:
         self.epoch = None
 
 
-def partition_stage(index: int, count: int) -> dict[str, Any]:
-    """A ``$match`` keeping one partition's documents (and every collection-level event).
-
-    ``$toHashedIndexKey`` (MongoDB ≥ 7.0) hashes the key exactly as a hashed index does, so a
-    key always lands in the same partition and per-key order holds.
-    """
-    bucket = {"$mod": [{"$abs": {"$toHashedIndexKey": "$documentKey._id"}}, count]}
-    return {
-        "$match": {
-            "$or": [{"documentKey._id": {"$exists": False}}, {"$expr": {"$eq": [bucket, index]}}]
-        }
-    }
-
-
 class Membership:
     """Which worker processes are alive, so partitions can be shared fairly between them.
 
@@ -171,8 +157,3 @@ class Membership:
     async def leave(self) -> None:
         with contextlib.suppress(PyMongoError):
             await self.coll.delete_one({"_id": self.instance})
-
-
-def fair_share(partitions: int, members: int) -> int:
-    """How many of a watcher's partitions one process should own at most."""
-    return -(-partitions // max(1, members))

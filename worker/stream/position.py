@@ -9,6 +9,8 @@ from typing import Any
 
 from bson import Timestamp
 
+from changestream_worker.events import ChangeEvent
+
 
 @dataclass(frozen=True, slots=True)
 class Position:
@@ -40,16 +42,32 @@ def token_cluster_time(token: Mapping[str, Any] | None) -> Timestamp | None:
         return None
 
 
-class _Slot:
-    """One unfinished entry; ``after`` is the newest finished position between it and the next."""
+Mark = Position | ChangeEvent  # an event stands for its position until someone reads it
+
+
+def position_of(mark: Mark) -> Position:
+    """The position a mark stands for (an event's token and times, read on demand)."""
+    if isinstance(mark, Position):
+        return mark
+    return Position(mark.token, mark.cluster_time, mark.wall_time)
+
+
+def _data(mark: Mark | None) -> str | None:
+    token = mark.token if mark is not None else None
+    data = token.get("_data") if token else None
+    return data if isinstance(data, str) else None
+
+
+class Entry:
+    """One unfinished entry; ``after`` is the newest finished mark between it and the next."""
 
     __slots__ = ("after", "next", "own", "prev")
 
-    def __init__(self, own: Position | None, prev: _Slot | None) -> None:
+    def __init__(self, own: Mark | None, prev: Entry | None) -> None:
         self.own = own
-        self.after: Position | None = None
+        self.after: Mark | None = None
         self.prev = prev
-        self.next: _Slot | None = None
+        self.next: Entry | None = None
 
 
 class Watermark:
@@ -58,43 +76,68 @@ class Watermark:
     Only unfinished entries are kept (a doubly linked list), so memory is bounded by the
     number in flight, however long one slow entry holds the watermark back. Entries
     without a position (snapshot events have no resume token) complete without moving it.
+    An entry's mark may be the event itself: its ``Position`` is built only when read.
     """
 
     def __init__(self) -> None:
-        self._head: _Slot | None = None
-        self._tail: _Slot | None = None
+        self._head: Entry | None = None
+        self._tail: Entry | None = None
         self._pending = 0
-        self.position: Position | None = None
+        self._mark: Mark | None = None
+        self._read: Position | None = None
+        self._read_of: Mark | None = None
 
     def __len__(self) -> int:
         return self._pending
 
-    def add(self, position: Position | None) -> _Slot:
+    @property
+    def position(self) -> Position | None:
+        """The newest position whose predecessors have all completed."""
+        mark = self._mark
+        if mark is None or isinstance(mark, Position):
+            return mark
+        if self._read_of is not mark:
+            self._read, self._read_of = position_of(mark), mark
+        return self._read
+
+    def add(self, mark: Mark | None) -> Entry:
         """Append an unfinished entry at the end of the stream; returns its handle."""
-        slot = _Slot(position, self._tail)
-        if self._tail is None:
-            self._head = slot
+        tail = self._tail
+        entry = Entry(mark, tail)
+        if tail is None:
+            self._head = entry
         else:
-            self._tail.next = slot
-        self._tail = slot
+            tail.next = entry
+        self._tail = entry
         self._pending += 1
-        return slot
+        return entry
 
-    def add_done(self, position: Position) -> None:
-        """Append an already finished entry (a post-batch resume token, say)."""
-        if self._tail is None:
-            self.position = position
+    def add_done(self, position: Position) -> bool:
+        """Append an already finished entry (a post-batch resume token, say).
+
+        A token that sorts before the newest one added is ignored (``False``): a stale
+        post-batch token must never move the watermark back over handled events. An equal
+        one changes nothing (``True``).
+        """
+        tail = self._tail
+        newest = self._mark if tail is None else (tail.after or tail.own)
+        new, old = _data(position), _data(newest)
+        if new is not None and old is not None and new <= old:
+            return new == old
+        if tail is None:
+            self._mark = position
         else:
-            self._tail.after = position
+            tail.after = position
+        return True
 
-    def complete(self, slot: _Slot) -> None:
+    def complete(self, entry: Entry) -> None:
         """Mark an entry finished; the watermark moves if it was the oldest unfinished one."""
-        best = slot.after or slot.own
-        prev, nxt = slot.prev, slot.next
+        best = entry.after or entry.own
+        prev, nxt = entry.prev, entry.next
         if prev is None:
             self._head = nxt
             if best is not None:
-                self.position = best
+                self._mark = best
         else:
             prev.next = nxt
             if best is not None:
@@ -103,5 +146,5 @@ class Watermark:
             self._tail = prev
         else:
             nxt.prev = prev
-        slot.prev = slot.next = None
+        entry.prev = entry.next = None
         self._pending -= 1

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, cast
 
 from pymongo.errors import ConnectionFailure, PyMongoError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
-from tenacity.wait import wait_base
+from tenacity.wait import wait_base, wait_exponential_jitter
 
 from changestream_worker.errors import RetryEvent, SkipEvent, StopWatcher, TransientError
 
@@ -47,23 +46,54 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class Backoff(wait_base):
-    """Exponential backoff with jitter (``initial·2ⁿ + U(0, initial)``, capped at ``maximum``),
-    unless the handler asked for ``RetryEvent(after=…)``."""
+    """The worker's one backoff: tenacity's exponential wait with jitter
+    (``initial·2ⁿ⁻¹ + U(0, initial)``, capped at ``maximum``), unless the failure was a
+    ``RetryEvent(after=…)``. A tenacity wait strategy, and ``delay(n)`` for plain loops.
+
+    Args:
+        initial: the first delay, and the width of the jitter.
+        maximum: no delay is longer.
+    """
 
     def __init__(self, initial: float, maximum: float) -> None:
         self.initial, self.maximum = max(0.0, initial), max(0.0, maximum)
+        # jitter spreads the retries of many lanes (or replicas) hitting the same outage
+        self._wait = wait_exponential_jitter(
+            multiplier=self.initial, max=self.maximum, jitter=self.initial
+        )
 
     def __call__(self, retry_state: RetryCallState) -> float:
         outcome = retry_state.outcome
         exc = outcome.exception() if outcome is not None else None
         if isinstance(exc, RetryEvent) and exc.after is not None:
             return max(0.0, float(exc.after))
-        try:
-            delay: float = self.initial * 2.0 ** (retry_state.attempt_number - 1)
-        except OverflowError:
-            delay = self.maximum
-        # jitter spreads retries of many lanes hitting the same outage
-        return min(delay + random.uniform(0, self.initial), self.maximum)
+        return float(self._wait(retry_state))
+
+    def delay(self, attempt: int) -> float:
+        """The wait before retry number ``attempt`` (1 = after the first failure)."""
+        return float(self._wait(cast("RetryCallState", _Attempt(max(1, attempt)))))
+
+
+class _Attempt:
+    # the one field tenacity's exponential wait reads from a RetryCallState
+    __slots__ = ("attempt_number",)
+
+    def __init__(self, attempt_number: int) -> None:
+        self.attempt_number = attempt_number
+
+
+def backoff(initial: float, maximum: float) -> Callable[[int], float]:
+    """The one backoff schedule (tenacity's exponential wait with jitter) as a function of
+    the attempt number (1, 2, ...), for loops that are not tenacity retries: reopening a
+    stream, restarting a crashed watcher, waiting for MongoDB."""
+    wait = wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)
+
+    def delay(attempt: int) -> float:
+        state = RetryCallState(AsyncRetrying(), None, (), {})
+        state.attempt_number = max(1, attempt)
+        return min(float(wait(state)), maximum)
+
+    return delay
 
 
 @dataclass(slots=True)
@@ -100,24 +130,47 @@ async def run_handler(
         policy: attempts, initial and maximum delay.
         sleep: how to wait between attempts.
     """
+    return await run_call(lambda: handler.handle(event, ctx), policy, sleep)
+
+
+async def run_call(
+    call: Callable[[], Awaitable[None]],
+    policy: RetryPolicy,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    first: BaseException | None = None,
+) -> HandlerResult:
+    """Run ``call()`` (one handler call: an event or a batch) under the retry policy;
+    never raises but ``CancelledError``.
+
+    Args:
+        call: makes the handler call.
+        policy: attempts, initial and maximum delay.
+        sleep: how to wait between attempts.
+        first: the error of a first attempt already made (by the caller's fast path).
+    """
     result = HandlerResult("success", 0, 0.0)
     started = time.perf_counter()
-    try:
-        await _attempt(handler, event, ctx, result)
-    except Exception as exc:
-        first: BaseException | None = exc
-    else:  # the common case costs one call: tenacity only once something failed
-        result.duration = time.perf_counter() - started
-        return result
+    if first is None:
+        try:
+            await _attempt(call, result)
+        except Exception as exc:
+            first = exc
+        else:  # the common case costs one call: tenacity only once something failed
+            result.duration = time.perf_counter() - started
+            return result
+    else:
+        result.attempts = 1
+        result.first_failure = result.last_failure = datetime.now(UTC)
+    pending: BaseException | None = first
 
     async def again() -> None:
-        nonlocal first
-        if first is not None:
+        nonlocal pending
+        if pending is not None:
             # replay the failure already seen as tenacity's attempt 1, so its attempt
             # numbers and backoff match the handler calls made
-            error, first = first, None
+            error, pending = pending, None
             raise error
-        await _attempt(handler, event, ctx, result)
+        await _attempt(call, result)
 
     retrying = AsyncRetrying(
         stop=stop_after_attempt(max(1, policy.attempts)),
@@ -140,12 +193,10 @@ async def run_handler(
     return result
 
 
-async def _attempt(
-    handler: Handler, event: ChangeEvent, ctx: HandlerContext, result: HandlerResult
-) -> None:
+async def _attempt(call: Callable[[], Awaitable[None]], result: HandlerResult) -> None:
     result.attempts += 1
     try:
-        await handler.handle(event, ctx)
+        await call()
     except Exception:
         now = datetime.now(UTC)
         result.first_failure = result.first_failure or now

@@ -6,10 +6,9 @@ import bisect
 from typing import Any
 
 from bson import Int64, Timestamp
-from mongomock import aggregate as mm_aggregate
-from mongomock import filtering
 
-from changestream_worker.testing.emulator import compat
+from changestream_worker.testing.emulator import compat, cs_stages
+from changestream_worker.testing.emulator.cs_stages import Pos, decode_token, encode_token
 from changestream_worker.testing.emulator.errors import CommandError, unknown_field
 from changestream_worker.testing.emulator.store import INTERNAL_DBS, OplogEntry, Store
 
@@ -18,7 +17,6 @@ compat.install()
 # Token kinds, after the event's place: an event, the invalidate that follows it, and a
 # high-water mark (everything up to and including that cluster time has been seen).
 EVENT, INVALIDATE, HWM = 0, 1, 2
-Pos = tuple[int, int, int, int]
 OPTIONS = {
     "fullDocument",
     "fullDocumentBeforeChange",
@@ -28,67 +26,7 @@ OPTIONS = {
     "allChangesForCluster",
     "showExpandedEvents",
 }
-USER_STAGES = {
-    "$match",
-    "$project",
-    "$addFields",
-    "$set",
-    "$unset",
-    "$replaceRoot",
-    "$replaceWith",
-    "$redact",
-}
-KNOWN_STAGES = {
-    "$addFields",
-    "$bucket",
-    "$bucketAuto",
-    "$collStats",
-    "$count",
-    "$densify",
-    "$facet",
-    "$fill",
-    "$geoNear",
-    "$graphLookup",
-    "$group",
-    "$indexStats",
-    "$limit",
-    "$lookup",
-    "$match",
-    "$merge",
-    "$out",
-    "$project",
-    "$redact",
-    "$replaceRoot",
-    "$replaceWith",
-    "$sample",
-    "$set",
-    "$setWindowFields",
-    "$skip",
-    "$sort",
-    "$sortByCount",
-    "$unionWith",
-    "$unset",
-    "$unwind",
-    "$documents",
-    "$changeStreamSplitLargeEvent",
-}
 EXPANDED = {"create", "createIndexes", "dropIndexes", "modify"}
-
-
-def encode_token(pos: Pos) -> dict[str, str]:
-    """An opaque, totally ordered token: fixed-width upper-case hex of the position."""
-    t, inc, idx, kind = pos
-    return {"_data": f"82{t:08X}{inc:08X}{idx:08X}{kind:02X}"}
-
-
-def decode_token(token: Any) -> Pos:
-    data = token.get("_data") if isinstance(token, dict) else None
-    if not isinstance(data, str) or len(data) != 28 or not data.startswith("82"):
-        raise CommandError(260, "Invalid resume token: unrecognised format")
-    try:
-        return (int(data[2:10], 16), int(data[10:18], 16), int(data[18:26], 16), int(data[26:], 16))
-    except ValueError as exc:
-        raise CommandError(260, "Invalid resume token: not hex") from exc
 
 
 class ChangeStream:
@@ -123,21 +61,16 @@ class ChangeStream:
         if self.before not in ("off", "whenAvailable", "required"):
             raise CommandError(2, f"'{self.before}' is not a valid fullDocumentBeforeChange option")
         self.expanded = bool(spec.get("showExpandedEvents"))
-        for stage in pipeline:
-            name = next(iter(stage), "")
-            if name == "$changeStream":
-                raise CommandError(
-                    40602, "$changeStream is only valid as the first stage in a pipeline"
-                )
-            if name not in USER_STAGES:
-                raise CommandError(
-                    20 if name in KNOWN_STAGES else 40324,
-                    f"{name} is not permitted in a $changeStream pipeline",
-                )
-        self.pipeline = pipeline
+        cs_stages.check_user_stages(pipeline)
+        self.pipeline, self.split = cs_stages.take_split(pipeline)
         self.closed = False
+        self.resume_fragment = 0
         self.pos = self._start(spec)
-        find = bisect.bisect_left if self.pos[3] < 0 else bisect.bisect_right
+        if self.pos[3] > cs_stages.FRAGMENT:
+            self.resume_fragment = self.pos[3] - cs_stages.FRAGMENT
+        find = (
+            bisect.bisect_left if self.pos[3] < 0 or self.resume_fragment else bisect.bisect_right
+        )
         self.index = self.store.truncated + find(
             self.store.oplog, self.pos[:3], key=lambda e: (e.ts.time, e.ts.inc, e.txn_index)
         )
@@ -170,7 +103,7 @@ class ChangeStream:
             )
         if Timestamp(pos[0], pos[1]) < first:
             raise self._lost()
-        if pos[3] == EVENT and not self._event_exists(pos):
+        if pos[3] in (EVENT, *range(cs_stages.FRAGMENT, 256)) and not self._event_exists(pos):
             raise CommandError(280, "cannot resume stream; the resume token was not found.")
         if pos[3] == INVALIDATE:
             # startAfter an invalidate: a new stream begins after the drop
@@ -217,9 +150,13 @@ class ChangeStream:
                 self.pos = pos
                 if doc is None:
                     continue
-                doc = self._apply_pipeline(doc)
-                if doc is not None:
+                doc = cs_stages.apply_user_stages(doc, self.pipeline)
+                if doc is None:
+                    continue
+                if not self.split:
                     out.append(doc)
+                    continue
+                self._emit_split(doc, pos, out)
         self.index = store.truncated + local
         if not self.closed and local >= len(oplog):
             last = store.clock.current()
@@ -227,6 +164,16 @@ class ChangeStream:
             if hwm > self.pos:
                 self.pos = hwm
         return out
+
+    def _emit_split(self, doc: dict[str, Any], pos: Pos, out: list[dict[str, Any]]) -> None:
+        """Append an event, or the fragments of it a resumed stream has not seen yet."""
+        for n, part in cs_stages.split(doc, pos):
+            if n and n <= self.resume_fragment:
+                continue
+            if n:
+                self.pos = (*pos[:3], cs_stages.FRAGMENT + n)
+            out.append(part)
+        self.resume_fragment = 0
 
     def _in_scope(self, db: str, coll: str | None) -> bool:
         if self.cluster:
@@ -252,6 +199,8 @@ class ChangeStream:
         if e.op == "rename":
             assert e.to is not None
             ev["to"] = {"db": e.to[0], "coll": e.to[1]}
+            if self.expanded and "operationDescription" in e.extra:
+                ev["operationDescription"] = e.extra["operationDescription"]
             invalidates = self.coll is not None and not self.cluster
             return [(EVENT, ev)] + ([(INVALIDATE, self._invalidate(e))] if invalidates else [])
         return [(EVENT, self._document_event(e, ev))]
@@ -298,7 +247,10 @@ class ChangeStream:
         ev["ns"] = ev.pop("ns")
         ev["documentKey"] = e.key
         if op == "update":
-            ev["updateDescription"] = e.update_desc
+            desc = e.update_desc or {}
+            if "disambiguatedPaths" in desc and not self.expanded:
+                desc = {k: v for k, v in desc.items() if k != "disambiguatedPaths"}
+            ev["updateDescription"] = desc
         if op in ("update", "replace", "delete") and self.before != "off":
             if e.images:
                 ev["fullDocumentBeforeChange"] = e.pre
@@ -315,31 +267,3 @@ class ChangeStream:
             ev["txnNumber"] = Int64(e.txn_number)
             ev["lsid"] = e.lsid
         return ev
-
-    def _apply_pipeline(self, doc: dict[str, Any]) -> dict[str, Any] | None:
-        if not self.pipeline:
-            return doc
-        token = doc["_id"]
-        if (
-            len(self.pipeline) == 1
-            and "$match" in self.pipeline[0]
-            and "$expr" not in self.pipeline[0]["$match"]
-        ):
-            return doc if filtering.filter_applies(self.pipeline[0]["$match"], doc) else None
-        try:
-            result = list(mm_aggregate.process_pipeline([doc], None, self.pipeline, None))
-        except NotImplementedError as exc:
-            raise CommandError(115, f"the emulator does not support {exc}") from exc
-        if not result:
-            return None
-        out = result[0]
-        if out.get("_id") != token:
-            raise CommandError(
-                280,
-                "Encountered an event whose _id field, which contains the "
-                "resume token, was modified by the pipeline. Modifying the _id "
-                "field of an event makes it impossible to resume the stream "
-                "from that point. Only transformations that retain the "
-                "unmodified _id field are allowed.",
-            )
-        return out

@@ -10,8 +10,9 @@ from typing import Any
 
 from bson import Int64, Timestamp
 
-from changestream_worker.testing.emulator.context import Ctx, check_fields, command
+from changestream_worker.testing.emulator.context import Ctx, check_fields
 from changestream_worker.testing.emulator.errors import CommandError
+from changestream_worker.testing.emulator.registry import command
 
 VERSION = "7.0.14"
 MAX_WIRE_VERSION = 21  # MongoDB 7.0
@@ -100,8 +101,8 @@ async def server_status(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
         },
         "repl": {
             "setName": server.set_name,
-            "isWritablePrimary": server.is_primary,
-            "secondary": not server.is_primary,
+            "isWritablePrimary": server.writable(ctx.conn),
+            "secondary": not server.writable(ctx.conn),
             "hosts": [server.address],
             "me": server.address,
             "primary": server.address,
@@ -202,7 +203,7 @@ async def repl_set_step_down(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     if ctx.db != "admin":
         raise CommandError(13, "replSetStepDown may only be run against the admin database.")
     server = ctx.server
-    if not server.is_primary:
+    if not server.writable(ctx.conn):
         raise CommandError(10107, "not primary so can't step down")
     secs = float(cmd.get("replSetStepDown") or 60)
     # a one-member set has no electable secondary: only a forced step-down succeeds

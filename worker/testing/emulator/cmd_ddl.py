@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from changestream_worker.testing.emulator.context import Ctx, check_fields, command
+from changestream_worker.testing.emulator import collections, views
+from changestream_worker.testing.emulator.context import Ctx, check_fields
 from changestream_worker.testing.emulator.cursors import first_batch
+from changestream_worker.testing.emulator.engine import DuplicateKey
 from changestream_worker.testing.emulator.errors import CommandError, unsupported
+from changestream_worker.testing.emulator.registry import command
 from changestream_worker.testing.emulator.store import OplogEntry, _now
 
 ID_INDEX = {"v": 2, "key": {"_id": 1}, "name": "_id_"}
@@ -49,16 +52,23 @@ async def create(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
             "indexOptionDefaults",
         },
     )
-    for opt in ("capped", "validator", "timeseries", "clusteredIndex", "viewOn", "collation"):
+    for opt in ("timeseries", "clusteredIndex", "collation"):
         if cmd.get(opt):
             raise unsupported(f"create with '{opt}'")
     name = cmd["create"]
     if ctx.store.exists(ctx.db, name):
         raise CommandError(48, f"Collection {ctx.db}.{name} already exists.")
-    opts = {}
+    opts: dict[str, Any] = {}
+    if "viewOn" in cmd:
+        views.check_definition(cmd["viewOn"], cmd.get("pipeline", []))
+        opts = {"viewOn": cmd["viewOn"], "pipeline": list(cmd.get("pipeline") or [])}
+    elif "pipeline" in cmd:
+        raise CommandError(9, "'pipeline' requires 'viewOn' to also be specified")
     if "changeStreamPreAndPostImages" in cmd:
         opts["changeStreamPreAndPostImages"] = dict(cmd["changeStreamPreAndPostImages"])
+    opts.update(collections.collection_options(cmd))
     ctx.store.ensure(ctx.db, name, opts)
+    collections.apply_options(ctx.store.collection(ctx.db, name), opts)
     return {"ok": 1.0}
 
 
@@ -90,9 +100,9 @@ async def coll_mod(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
                 break
         else:
             raise CommandError(27, "cannot find index")
-    for opt in ("validator", "validationLevel", "validationAction"):
-        if opt in cmd:
-            raise unsupported(f"collMod with '{opt}'")
+    changed = collections.collection_options(cmd, modifying=True)
+    meta["options"].update(changed)
+    collections.apply_options(ctx.store.collection(ctx.db, name), meta["options"])
     ctx.store.append(
         OplogEntry(ctx.store.clock.tick(), 0, "modify", ctx.db, name, _now(), uuid=meta["uuid"])
     )
@@ -138,13 +148,14 @@ async def list_collections(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     out = []
     for name in ctx.store.collections(ctx.db):
         meta = ctx.store.meta[(ctx.db, name)]
-        doc: dict[str, Any] = {"name": name, "type": "collection"}
+        view = "viewOn" in meta["options"]
+        doc: dict[str, Any] = {"name": name, "type": "view" if view else "collection"}
         if not cmd.get("nameOnly"):
-            doc.update(
-                options=dict(meta["options"]),
-                info={"readOnly": False, "uuid": meta["uuid"]},
-                idIndex=dict(ID_INDEX),
-            )
+            doc.update(options=dict(meta["options"]))
+            if view:
+                doc.update(info={"readOnly": True})
+            else:
+                doc.update(info={"readOnly": False, "uuid": meta["uuid"]}, idIndex=dict(ID_INDEX))
         if filter_applies(cmd.get("filter") or {}, doc):
             out.append(doc)
     batch = (cmd.get("cursor") or {}).get("batchSize")
@@ -206,15 +217,17 @@ async def create_indexes(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
         try:
             coll.create_index(
                 list(key_doc.items()),
-                name=spec["name"],
+                spec["name"],
                 unique=bool(spec.get("unique")),
                 sparse=bool(spec.get("sparse")),
+                partial=spec.get("partialFilterExpression"),
             )
-        except Exception as exc:  # mongomock raises DuplicateKeyError for existing duplicates
+        except DuplicateKey as exc:
             raise CommandError(
                 11000,
                 f"Index build failed: E11000 duplicate key error "
                 f"collection: {ctx.db}.{name} index: {spec['name']}",
+                extra={"keyPattern": exc.pattern, "keyValue": exc.value},
             ) from exc
         idx = {"v": 2, "key": key_doc, "name": spec["name"]}
         for opt in ("unique", "expireAfterSeconds", "sparse", "partialFilterExpression"):

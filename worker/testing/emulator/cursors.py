@@ -6,8 +6,13 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+import bson
+
 from changestream_worker.testing.emulator.changestream import ChangeStream
 from changestream_worker.testing.emulator.errors import CommandError
+
+DEFAULT_FIRST_BATCH = 101
+MAX_BATCH_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -20,6 +25,17 @@ class Cursor:
     pos: int = 0
     stream: ChangeStream | None = None
     lsid: Any = None
+    tail: Tail | None = None
+
+
+@dataclass
+class Tail:
+    """What a tailable cursor over a capped collection follows."""
+
+    coll: Any
+    query: dict[str, Any]
+    seq: int
+    await_data: bool
 
 
 class Cursors:
@@ -60,19 +76,46 @@ class Cursors:
         return killed, missing
 
 
+def _fit(docs: list[dict[str, Any]], start: int, count: int) -> int:
+    """How many documents from ``start`` (at most ``count``, at least one) fit in a reply."""
+    end = min(len(docs), start + count)
+    total = 0
+    for i in range(start, end):
+        total += len(bson.encode(docs[i]))
+        if total > MAX_BATCH_BYTES and i > start:
+            return i - start
+    return end - start
+
+
 def first_batch(
     cursors: Cursors,
     ns: str,
     docs: list[dict[str, Any]],
     batch_size: int | None,
     single: bool = False,
+    lsid: Any = None,
 ) -> dict[str, Any]:
-    """Reply with the first batch; keep a cursor open only when more remain."""
-    n = len(docs) if batch_size is None else batch_size
+    """Reply with the first batch (101 documents unless asked otherwise, as the server's
+    default); keep a cursor open only when more remain."""
+    n = DEFAULT_FIRST_BATCH if batch_size is None else batch_size
+    if single and batch_size is None:
+        n = len(docs)
+    n = _fit(docs, 0, n)
     batch = docs[:n]
     cid = 0
     if len(docs) > n and not single:
-        cur = cursors.add(ns, docs)
+        cur = cursors.add(ns, docs, lsid=lsid)
         cur.pos = n
         cid = cur.id
     return {"cursor": {"firstBatch": batch, "id": cid, "ns": ns}, "ok": 1.0}
+
+
+def next_batch(cursors: Cursors, cur: Cursor, size: int | None) -> dict[str, Any]:
+    """A getMore over a materialised result: the next ``size`` documents (or up to 16 MiB)."""
+    n = _fit(cur.docs, cur.pos, len(cur.docs) if size is None else size)
+    batch = cur.docs[cur.pos : cur.pos + n]
+    cur.pos += n
+    cid = cur.id if cur.pos < len(cur.docs) else 0
+    if not cid:
+        cursors.kill([cur.id])
+    return {"cursor": {"nextBatch": batch, "id": cid, "ns": cur.ns}, "ok": 1.0}

@@ -1,209 +1,281 @@
-"""Document writes on one (mongomock) collection, each returning the changes it made."""
+"""Document writes on one engine collection, each returning the changes it made."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
 
-import mongomock
-from bson import ObjectId
+import bson
+from mongomock.filtering import filter_applies
 
-from changestream_worker.testing.emulator.errors import unsupported
-from changestream_worker.testing.emulator.store import Change, update_description
+from changestream_worker.testing.emulator import pipeline, query
+from changestream_worker.testing.emulator.deltas import update_description
+from changestream_worker.testing.emulator.engine import Collection, DuplicateKey, WriteFailure
+from changestream_worker.testing.emulator.errors import CommandError
+from changestream_worker.testing.emulator.inserts import dup_failure, insert, size_ok, validate
+from changestream_worker.testing.emulator.keys import keyof
+from changestream_worker.testing.emulator.store import Change
+from changestream_worker.testing.emulator.update_ops import OPS
+from changestream_worker.testing.emulator.updates import apply_operators
 
-UPDATE_OPERATORS = {
-    "$set",
-    "$unset",
-    "$inc",
-    "$mul",
-    "$rename",
-    "$setOnInsert",
-    "$min",
-    "$max",
-    "$currentDate",
-    "$addToSet",
-    "$pop",
-    "$pull",
-    "$push",
-    "$pullAll",
-    "$bit",
-}
-
-
-class WriteFailure(Exception):
-    """One statement of a write command failed: becomes an entry of ``writeErrors``."""
-
-    def __init__(self, code: int, errmsg: str, extra: dict[str, Any] | None = None) -> None:
-        super().__init__(errmsg)
-        self.code = code
-        self.errmsg = errmsg
-        self.extra = extra or {}
+__all__ = [
+    "SLICE_CHANGES",
+    "WriteFailure",
+    "apply",
+    "delete",
+    "insert",
+    "kind_of",
+    "update",
+    "upsert",
+]
+# Recording a change in the oplog costs about as much as making it: flush in bounded slices.
+SLICE_CHANGES = 256
 
 
-def _dup_key(coll: Any, doc: dict[str, Any] | None) -> WriteFailure:
-    """Name the unique index the document collides on, as the server does."""
-    for name, info in coll.index_information().items():
-        if doc is None or not (info.get("unique") or name == "_id_"):
-            continue
-        fields = [k for k, _ in info["key"]]
-        value = {k: doc.get(k) for k in fields}
-        others = coll.find({**value, "_id": {"$ne": doc.get("_id")}} if name != "_id_" else value)
-        if next(iter(others), None) is not None:
-            shown = ", ".join(f"{k}: {v!r}" for k, v in value.items())
-            return WriteFailure(
-                11000,
-                f"E11000 duplicate key error collection: {coll.full_name} "
-                f"index: {name} dup key: {{ {shown} }}",
-                {"keyPattern": {k: d for k, d in info["key"]}, "keyValue": value},
-            )
-    return WriteFailure(11000, f"E11000 duplicate key error collection: {coll.full_name}")
-
-
-def _translate(exc: Exception, coll: Any, doc: dict[str, Any] | None = None) -> WriteFailure:
-    if isinstance(exc, mongomock.DuplicateKeyError):
-        return _dup_key(coll, doc)
-    if isinstance(exc, NotImplementedError):
-        raise unsupported(str(exc).split(".")[0]) from exc
-    code = getattr(exc, "code", None) or 2
-    return WriteFailure(int(code), str(exc))
-
-
-def insert(coll: Any, db: str, name: str, doc: dict[str, Any]) -> Change:
-    """Insert one document (``_id`` first, generated when missing)."""
-    if "_id" not in doc:
-        doc = {"_id": ObjectId(), **doc}
-    try:
-        coll.insert_one(dict(doc))
-    except Exception as exc:  # mongomock raises its own hierarchy
-        raise _translate(exc, coll, doc) from exc
-    return Change("insert", db, name, {"_id": doc["_id"]}, doc, None)
-
-
-def _is_replacement(update: Any) -> bool:
+def kind_of(update: Any) -> str:
+    """``pipeline``, ``replacement`` or ``operators``; refuses malformed update documents."""
     if isinstance(update, list):
-        raise unsupported("pipeline-style updates")
+        return "pipeline"
     if not isinstance(update, dict):
         raise WriteFailure(14, "Update argument must be either an object or an array")
     dollar = [k.startswith("$") for k in update]
-    if any(dollar) and not all(dollar):
+    if not any(dollar):
+        return "replacement"
+    if not all(dollar):
         raise WriteFailure(
             9,
             "Update document requires atomic operators"
             if dollar[0]
             else "The dollar ($) prefixed field is not allowed in a replacement",
         )
-    replacement = not any(dollar)
-    if not replacement:
-        for op, fields in update.items():
-            if op not in UPDATE_OPERATORS:
-                raise WriteFailure(
-                    9,
-                    f"Unknown modifier: {op}. Expected a valid update modifier "
-                    "or pipeline-style update specified as an array",
-                )
-            if isinstance(fields, dict) and any(f == "_id" or f.startswith("_id.") for f in fields):
-                raise WriteFailure(
-                    66,
-                    "Performing an update on the path '_id' would modify the immutable field '_id'",
-                )
-    return replacement
+    for op in update:
+        if op not in OPS:
+            raise WriteFailure(
+                9,
+                f"Unknown modifier: {op}. Expected a valid update modifier "
+                "or pipeline-style update specified as an array",
+            )
+    return "operators"
 
 
-def _apply_mul(coll: Any, _id: Any, u: dict[str, Any]) -> dict[str, Any]:
-    """mongomock lacks $mul: turn it into a $set of the products (missing fields become 0)."""
-    if "$mul" not in u:
-        return u
-    doc = coll.find_one({"_id": _id}) or {}
-    sets = dict(u.get("$set") or {})
-    for path, factor in u["$mul"].items():
-        cur: Any = doc
-        for part in path.split("."):
-            cur = cur.get(part) if isinstance(cur, dict) else None
-        if cur is not None and not isinstance(cur, int | float):
-            raise WriteFailure(14, "Cannot apply $mul to a value of non-numeric type")
-        sets[path] = (cur or 0) * factor if cur is not None else 0 * factor
-    rest = {k: v for k, v in u.items() if k not in ("$mul", "$set")}
-    return {**rest, "$set": sets}
+def _dollar_paths(update: dict[str, Any]) -> None:
+    for fields in update.values():
+        for path in fields if isinstance(fields, dict) else ():
+            for part in path.split("."):
+                if part.startswith("$") and part != "$" and not part.startswith("$["):
+                    raise WriteFailure(
+                        52,
+                        f"The dollar ($) prefixed field '{part}' in '{path}' is not allowed in "
+                        "the context of an update's replacement document. Consider using an "
+                        "aggregation pipeline with $replaceWith.",
+                    )
 
 
-def update(
-    coll: Any, db: str, name: str, spec: dict[str, Any]
-) -> tuple[int, int, Any, list[Change]]:
-    """Apply one update statement: returns (matched, modified, upserted _id, changes)."""
-    query = spec.get("q") or {}
+def new_version(
+    pre: dict[str, Any],
+    spec: dict[str, Any],
+    kind: str,
+    values: dict[str, Any],
+    inserting: bool = False,
+) -> dict[str, Any]:
+    """The document an update statement makes of ``pre`` (a seed, when upserting)."""
     u: Any = spec.get("u")
-    multi = bool(spec.get("multi"))
-    upsert = bool(spec.get("upsert"))
-    replacement = _is_replacement(u)
-    if replacement and multi:
-        raise WriteFailure(9, "multi update is not supported for replacement-style update")
-    kwargs: dict[str, Any] = {}
-    if spec.get("arrayFilters"):
-        kwargs["array_filters"] = spec["arrayFilters"]
     try:
-        targets = [d["_id"] for d in coll.find(query, {"_id": 1})]
-    except Exception as exc:
-        raise _translate(exc, coll) from exc
+        if kind == "pipeline":
+            post = pipeline.update_with_pipeline(pre, u, values)
+        elif kind == "replacement":
+            post = {k: v for k, v in u.items()}
+            if "_id" in pre:
+                post = {"_id": pre["_id"], **post}
+        else:
+            if not inserting:
+                _dollar_paths(u)
+            post = apply_operators(
+                pre,
+                u,
+                array_filters=spec.get("arrayFilters"),
+                query=spec.get("q") or {},
+                inserting=inserting,
+            )
+    except CommandError as exc:
+        raise WriteFailure(exc.code, exc.errmsg) from exc
+    if kind == "pipeline" and "_id" in pre and "_id" not in post:
+        post = {"_id": pre["_id"], **post}  # a pipeline that drops _id keeps the original
+    if "_id" in pre and ("_id" not in post or keyof(post["_id"]) != keyof(pre["_id"])):
+        if kind == "replacement":
+            raise WriteFailure(
+                66,
+                "After applying the update, the (immutable) field '_id' was found to have "
+                f"been altered to _id: {post.get('_id')!r}",
+            )
+        raise WriteFailure(
+            66, "Performing an update on the path '_id' would modify the immutable field '_id'"
+        )
+    if "_id" in post and next(iter(post)) != "_id":
+        post = {"_id": post["_id"], **post}
+    size_ok(post, False)
+    return post
+
+
+def seed(q: dict[str, Any]) -> dict[str, Any]:
+    """The fields an upsert's new document takes from its query's equality conditions."""
+    out: dict[str, Any] = {}
+    for key, cond in q.items():
+        if key == "$and" and isinstance(cond, list):
+            for sub in cond:
+                if isinstance(sub, dict):
+                    out.update(seed(sub))
+            continue
+        if key.startswith("$"):
+            continue
+        if isinstance(cond, dict) and any(str(k).startswith("$") for k in cond):
+            if "$eq" not in cond:
+                continue
+            cond = cond["$eq"]
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                break
+            node = nxt
+        else:
+            node[parts[-1]] = cond
+    return out
+
+
+def _change(db: str, name: str, pre: dict[str, Any], post: dict[str, Any], kind: str) -> Change:
+    if kind == "replacement":
+        return Change("replace", db, name, {"_id": pre["_id"]}, post, pre)
+    return Change("update", db, name, {"_id": pre["_id"]}, post, pre, update_description(pre, post))
+
+
+def apply(
+    coll: Collection,
+    db: str,
+    name: str,
+    pre: dict[str, Any],
+    spec: dict[str, Any],
+    kind: str,
+    values: dict[str, Any],
+) -> tuple[dict[str, Any], Change | None]:
+    """Update one stored document; returns its new version and the change (None if no-op)."""
+    post = new_version(pre, spec, kind, values)
+    if bson.encode(post) == bson.encode(pre):
+        return pre, None
+    validate(coll, post, pre)
+    try:
+        coll.replace(pre, post)
+    except DuplicateKey as exc:
+        raise dup_failure(coll, exc) from exc
+    return post, _change(db, name, pre, post, kind)
+
+
+def upsert(
+    coll: Collection, db: str, name: str, spec: dict[str, Any], kind: str, values: dict[str, Any]
+) -> tuple[dict[str, Any], Change]:
+    """Insert the document an upsert makes when nothing matched."""
+    base = seed(spec.get("q") or {})
+    if kind == "replacement":
+        doc = dict(spec["u"])
+        if "_id" in base:
+            if "_id" in doc and keyof(doc["_id"]) != keyof(base["_id"]):
+                raise WriteFailure(66, "The _id field cannot be changed by an upsert replacement")
+            doc = {"_id": base["_id"], **doc}
+    else:
+        doc = new_version(base, spec, kind, values, inserting=True)
+    change = insert(coll, db, name, doc)
+    assert change.post is not None
+    return change.post, change
+
+
+Flush = Callable[[list[Change]], None]
+
+
+async def _pause(changes: list[Change], flush: Flush | None) -> None:
+    """Hand what is done so far to ``flush`` and let other connections run."""
+    if flush is not None:
+        flush(changes[:])
+        changes.clear()
+    await asyncio.sleep(0)
+
+
+async def update(
+    coll: Collection,
+    db: str,
+    name: str,
+    spec: dict[str, Any],
+    values: dict[str, Any],
+    flush: Flush | None = None,
+) -> tuple[int, int, Any, list[Change]]:
+    """Apply one update statement: returns (matched, modified, upserted _id, changes).
+
+    A long multi-update hands finished changes to ``flush`` between slices of work (then
+    yields); the changes returned are the ones not flushed yet.
+    """
+    q = query.bind_filter(query.check_filter(spec.get("q")), values)
+    multi = bool(spec.get("multi"))
+    kind = kind_of(spec.get("u"))
+    if kind == "replacement" and multi:
+        raise WriteFailure(9, "multi update is not supported for replacement-style update")
+    strength = query.strength_of(spec.get("collation"))
+    try:
+        targets = await query.scan(coll, q, strength)
+    except CommandError as exc:
+        raise WriteFailure(exc.code, exc.errmsg) from exc
     if not multi:
         targets = targets[:1]
-    changes: list[Change] = []
     if not targets:
-        if not upsert:
+        if not spec.get("upsert"):
             return 0, 0, None, []
-        try:
-            if replacement:
-                res = coll.replace_one(query, dict(u), upsert=True)
-            else:
-                res = coll.update_one(query, _apply_mul(coll, None, u), upsert=True, **kwargs)
-        except Exception as exc:
-            raise _translate(exc, coll) from exc
-        new_id = res.upserted_id
-        post = coll.find_one({"_id": new_id})
-        return 0, 0, new_id, [Change("insert", db, name, {"_id": new_id}, post, None)]
-    modified = 0
-    for _id in targets:
-        pre = coll.find_one({"_id": _id})
-        try:
-            if replacement:
-                new_doc = dict(u)
-                if "_id" in new_doc and new_doc["_id"] != _id:
-                    raise WriteFailure(
-                        66,
-                        "After applying the update, the (immutable) field "
-                        "'_id' was found to have been altered to _id: "
-                        f"{new_doc['_id']!r}",
-                    )
-                coll.replace_one({"_id": _id}, {"_id": _id, **new_doc})
-            else:
-                coll.update_one({"$and": [{"_id": _id}, query]}, _apply_mul(coll, _id, u), **kwargs)
-        except WriteFailure:
-            raise
-        except Exception as exc:
-            raise _translate(exc, coll) from exc
-        post = coll.find_one({"_id": _id})
-        if post == pre:
-            continue
-        modified += 1
-        if replacement:
-            changes.append(Change("replace", db, name, {"_id": _id}, post, pre))
-        else:
-            changes.append(
-                Change("update", db, name, {"_id": _id}, post, pre, update_description(pre, post))
-            )
-    return len(targets), modified, None, changes
+        post, change = upsert(coll, db, name, {**spec, "q": q}, kind, values)
+        return 0, 0, post["_id"], [change]
+    changes: list[Change] = []
+    matched = modified = 0
+    deadline = time.monotonic() + query.SLICE_S
+    for doc in targets:
+        current = coll.get(doc["_id"])
+        if current is None or (current is not doc and not filter_applies(q, current)):
+            continue  # changed by a command that ran while this one scanned
+        matched += 1
+        _post, done = apply(coll, db, name, current, {**spec, "q": q}, kind, values)
+        if done is not None:
+            changes.append(done)
+            modified += 1
+        if len(changes) >= SLICE_CHANGES or time.monotonic() > deadline:
+            await _pause(changes, flush)
+            deadline = time.monotonic() + query.SLICE_S
+    return matched, modified, None, changes
 
 
-def delete(coll: Any, db: str, name: str, spec: dict[str, Any]) -> list[Change]:
+async def delete(
+    coll: Collection,
+    db: str,
+    name: str,
+    spec: dict[str, Any],
+    values: dict[str, Any],
+    flush: Flush | None = None,
+) -> list[Change]:
     """Apply one delete statement (``limit`` 1 or 0 = all)."""
-    query = spec.get("q") or {}
+    q = query.bind_filter(query.check_filter(spec.get("q")), values)
     limit = int(spec.get("limit", 0))
+    if limit not in (0, 1):
+        raise WriteFailure(9, "The limit field in delete objects must be 0 or 1.")
+    strength = query.strength_of(spec.get("collation"))
     try:
-        found = list(coll.find(query))
-    except Exception as exc:
-        raise _translate(exc, coll) from exc
-    if limit == 1:
-        found = found[:1]
-    changes = []
+        found = await query.scan(coll, q, strength)
+    except CommandError as exc:
+        raise WriteFailure(exc.code, exc.errmsg) from exc
+    changes: list[Change] = []
+    deadline = time.monotonic() + query.SLICE_S
     for doc in found:
-        coll.delete_one({"_id": doc["_id"]})
-        changes.append(Change("delete", db, name, {"_id": doc["_id"]}, None, doc))
+        if coll.remove(doc):
+            changes.append(Change("delete", db, name, {"_id": doc["_id"]}, None, doc))
+            if limit == 1:
+                break
+        if len(changes) >= SLICE_CHANGES or time.monotonic() > deadline:
+            await _pause(changes, flush)
+            deadline = time.monotonic() + query.SLICE_S
     return changes

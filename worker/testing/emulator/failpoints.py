@@ -1,4 +1,8 @@
-"""Fail points for tests: ``failCommand`` and ``failGetMoreAfterCursorCheckout``."""
+"""Fail points for tests: failCommand, onPrimaryTransactionalWrite, maxTimeAlwaysTimeOut…
+
+Modes are the server's: ``off``, ``alwaysOn``, ``{times: n}`` (then off) and ``{skip: n}``
+(then always on).
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,25 @@ from typing import Any
 
 from changestream_worker.testing.emulator.errors import CommandError
 
-KNOWN = {"failCommand", "failGetMoreAfterCursorCheckout"}
-DATA_FIELDS = {
-    "failCommands",
-    "errorCode",
-    "errorLabels",
-    "closeConnection",
-    "blockConnection",
-    "blockTimeMS",
-    "writeConcernError",
-    "appName",
-    "failInternalCommands",
-    "errorExtraInfo",
+DATA_FIELDS: dict[str, set[str]] = {
+    "failCommand": {
+        "failCommands",
+        "errorCode",
+        "errorLabels",
+        "closeConnection",
+        "blockConnection",
+        "blockTimeMS",
+        "writeConcernError",
+        "appName",
+        "failInternalCommands",
+        "errorExtraInfo",
+        "namespace",
+    },
+    "failGetMoreAfterCursorCheckout": {"errorCode", "errorLabels", "closeConnection"},
+    # a retryable write's statement: close the connection after it commits, or fail before
+    "onPrimaryTransactionalWrite": {"closeConnection", "failBeforeCommitExceptionCode"},
+    # every command with a maxTimeMS fails as if it ran out of time
+    "maxTimeAlwaysTimeOut": set(),
 }
 
 
@@ -48,6 +59,20 @@ class FailPoint:
         return True
 
 
+def _parse_mode(fp: FailPoint, mode: Any) -> None:
+    if isinstance(mode, dict):
+        if "times" in mode:
+            fp.times = int(mode["times"])
+        elif "skip" in mode:
+            fp.skip = int(mode["skip"])
+        elif "activationProbability" in mode:
+            raise CommandError(2, "activationProbability is not supported by the emulator")
+        else:
+            raise CommandError(2, f"unknown fail point mode {mode!r}")
+    elif mode not in ("off", "alwaysOn"):
+        raise CommandError(2, f"unknown fail point mode {mode!r}")
+
+
 class FailPoints:
     """The server's fail point registry (``configureFailPoint``)."""
 
@@ -56,35 +81,28 @@ class FailPoints:
 
     def configure(self, cmd: dict[str, Any]) -> dict[str, Any]:
         name = cmd.get("configureFailPoint")
-        if name not in KNOWN:
+        if not isinstance(name, str) or name not in DATA_FIELDS:
             raise CommandError(
                 2,
-                f"Cannot find failpoint named {name!r}"
-                " (the emulator implements failCommand and "
-                "failGetMoreAfterCursorCheckout)",
+                f"Cannot find failpoint named {name!r} (the emulator implements "
+                f"{', '.join(sorted(DATA_FIELDS))})",
             )
         mode = cmd.get("mode", "off")
         data = dict(cmd.get("data") or {})
         for key in data:
-            if key not in DATA_FIELDS:
+            if key not in DATA_FIELDS[name]:
                 raise CommandError(
-                    2, f"failpoint data field '{key}' is not supported by the emulator"
+                    2, f"failpoint {name} data field '{key}' is not supported by the emulator"
                 )
-        fp = FailPoint(str(name), mode, data)
-        if isinstance(mode, dict):
-            if "times" in mode:
-                fp.times = int(mode["times"])
-            elif "skip" in mode:
-                fp.skip = int(mode["skip"])
-            elif "activationProbability" in mode:
-                raise CommandError(2, "activationProbability is not supported by the emulator")
-            else:
-                raise CommandError(2, f"unknown fail point mode {mode!r}")
-        elif mode not in ("off", "alwaysOn"):
-            raise CommandError(2, f"unknown fail point mode {mode!r}")
+        if name == "failGetMoreAfterCursorCheckout" and data.get("closeConnection"):
+            raise CommandError(
+                115, "the emulator does not support failGetMoreAfterCursorCheckout closeConnection"
+            )
+        fp = FailPoint(name, mode, data)
+        _parse_mode(fp, mode)
         previous = self.points.get(fp.name)
         self.points[fp.name] = fp
-        return {"count": 0 if previous is None else 1}
+        return {"count": 0 if previous is None or not previous.active else 1}
 
     def fail_command(self, command: str, app_name: str | None) -> dict[str, Any] | None:
         """The failCommand data if it fires for this command on this connection."""
@@ -98,8 +116,17 @@ class FailPoints:
             return None
         return fp.data if fp.fire() else None
 
-    def fail_get_more(self) -> dict[str, Any] | None:
-        fp = self.points.get("failGetMoreAfterCursorCheckout")
+    def fire(self, name: str) -> dict[str, Any] | None:
+        """The data of fail point ``name`` if it fires now (one activation is used)."""
+        fp = self.points.get(name)
         if fp is None or not fp.fire():
             return None
         return fp.data
+
+    def armed(self, name: str) -> bool:
+        """Whether fail point ``name`` is on (without using an activation)."""
+        fp = self.points.get(name)
+        return fp is not None and fp.active
+
+    def fail_get_more(self) -> dict[str, Any] | None:
+        return self.fire("failGetMoreAfterCursorCheckout")

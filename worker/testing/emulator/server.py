@@ -1,8 +1,9 @@
-"""The emulator's TCP server: connections, the command pipeline, topology and step-downs."""
+"""The emulator's TCP server: connections, topology and step-downs (commands: dispatch.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import threading
 import time
@@ -10,83 +11,51 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from bson import Binary, Int64, ObjectId
-from pymongo.errors import OperationFailure
+from bson import Int64, ObjectId
 
-from changestream_worker.testing.emulator import cmd_admin, cmd_crud, cmd_ddl, wire  # noqa: F401  (registers commands)
-from changestream_worker.testing.emulator.context import COMMANDS, WRITES, Ctx
+from changestream_worker.testing.emulator import cmd_admin, wire
 from changestream_worker.testing.emulator.cursors import Cursors
-from changestream_worker.testing.emulator.errors import (
-    RESUMABLE_CHANGE_STREAM,
-    RETRYABLE_WRITE,
-    CommandError,
-)
+from changestream_worker.testing.emulator.dispatch import Dispatcher
 from changestream_worker.testing.emulator.failpoints import FailPoints
+from changestream_worker.testing.emulator.retrywrites import CloseConnection
 from changestream_worker.testing.emulator.sessions import Sessions
 from changestream_worker.testing.emulator.store import Store
 
 log = structlog.get_logger("emulator")
-# Commands a stepped-down node still answers.
-ANY_STATE = {
-    "hello",
-    "isMaster",
-    "ismaster",
-    "ping",
-    "buildInfo",
-    "buildinfo",
-    "getParameter",
-    "serverStatus",
-    "endSessions",
-    "replSetGetStatus",
-    "configureFailPoint",
-    "killCursors",
-    "whatsmyuri",
-    "connectionStatus",
-    "getCmdLineOpts",
-    "abortTransaction",
-    "killAllSessions",
-    "emulatorTruncateOplog",
-}
-TXN_END = {"commitTransaction", "abortTransaction"}
-RETRYABLE_COMMANDS = {"insert", "update", "delete", "findAndModify", "findandmodify"}
-
-
-def _from_engine(exc: OperationFailure) -> CommandError:
-    """The query engine's error, with the code MongoDB gives the same mistake."""
-    msg = str(exc).split(", full error")[0]
-    if msg.startswith("unknown operator"):
-        return CommandError(2, msg)
-    if msg.startswith("Unrecognized expression"):
-        return CommandError(168, msg)
-    return CommandError(int(exc.code or 2), msg)
-
-
-class CloseConnection(Exception):
-    """The fail point asked for the connection to be closed without a reply."""
 
 
 class Connection:
     """One client connection."""
 
-    def __init__(self, cid: int, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, cid: int, writer: asyncio.StreamWriter, member: int = 0) -> None:
         self.id = cid
         self.writer = writer
+        self.member = member  # 0: the primary's port; 1…: a secondary's
         self.app_name: str | None = None
         peer = writer.get_extra_info("peername") or ("?", 0)
         self.peer = f"{peer[0]}:{peer[1]}"
 
 
 class ReplicaSetEmulator:
-    """A one-member replica set ``rs0`` speaking the MongoDB wire protocol, data in memory.
+    """A replica set ``rs0`` speaking the MongoDB wire protocol, data in memory.
 
     Args:
         host: address to listen on.
-        port: TCP port; 0 picks a free one.
+        port: TCP port of the primary; 0 picks a free one.
         set_name: the replica set's name.
+        secondaries: members that are always secondaries, each on a free port; they share
+            the primary's data (replication is instant), answer reads that allow a
+            secondary and refuse writes.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, set_name: str = "rs0") -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, set_name: str = "rs0", secondaries: int = 0
+    ) -> None:
         self.host, self.port, self.set_name = host, port, set_name
+        self.secondaries = secondaries
+        self.secondary_ports: list[int] = []
+        self._secondary_servers: list[asyncio.base_events.Server] = []
+        self.member_ids = [ObjectId() for _ in range(secondaries)]
         self.store: Store
         self.connections: dict[int, Connection] = {}
         self.total_connections = 0
@@ -106,14 +75,27 @@ class ReplicaSetEmulator:
         self.sessions = Sessions(self.store)
         self.cursors = Cursors()
         self.failpoints = FailPoints()
+        self.dispatcher = Dispatcher(self)
         self._topology_changed = asyncio.Event()
         self._server = await asyncio.start_server(
             self._serve, self.host, self.port, limit=wire.MAX_MESSAGE_SIZE
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        for member in range(1, self.secondaries + 1):
+            srv = await asyncio.start_server(
+                functools.partial(self._serve, member=member),
+                self.host,
+                0,
+                limit=wire.MAX_MESSAGE_SIZE,
+            )
+            self._secondary_servers.append(srv)
+            self.secondary_ports.append(srv.sockets[0].getsockname()[1])
         return self
 
     async def stop(self) -> None:
+        for srv in self._secondary_servers:
+            srv.close()
+        self._secondary_servers.clear()
         if self._server is not None:
             self._server.close()
             for conn in list(self.connections.values()):
@@ -133,6 +115,8 @@ class ReplicaSetEmulator:
 
         def run() -> None:
             loop = asyncio.new_event_loop()
+            # gather() below looks the loop up: with no task left it has no other way to find it
+            asyncio.set_event_loop(loop)
             self._loop = loop
             loop.run_until_complete(self.start())
             ready.set()
@@ -159,8 +143,17 @@ class ReplicaSetEmulator:
         return f"{self.host}:{self.port}"
 
     @property
+    def addresses(self) -> list[str]:
+        """Every member's address, the primary's first."""
+        return [self.address, *(f"{self.host}:{p}" for p in self.secondary_ports)]
+
+    @property
     def uri(self) -> str:
-        return f"mongodb://{self.address}/?replicaSet={self.set_name}"
+        return f"mongodb://{','.join(self.addresses)}/?replicaSet={self.set_name}"
+
+    def writable(self, conn: Any) -> bool:
+        """Whether the member ``conn`` is connected to is the primary now."""
+        return getattr(conn, "member", 0) == 0 and self.is_primary
 
     # ---- topology ---------------------------------------------------------------
     @property
@@ -199,26 +192,28 @@ class ReplicaSetEmulator:
                 conn.writer.close()
 
     def hello_reply(self, legacy: bool, conn: Connection, hello_ok: bool) -> dict[str, Any]:
-        primary = self.is_primary
+        member = conn.member
+        primary = self.writable(conn)
         last = self.store.clock.last
         now = datetime.now(UTC)
         reply: dict[str, Any] = {
             "topologyVersion": {
-                "processId": self.process_id,
+                "processId": self.member_ids[member - 1] if member else self.process_id,
                 "counter": Int64(self.topology_counter),
             },
-            "hosts": [self.address],
+            "hosts": self.addresses,
             "setName": self.set_name,
             "setVersion": 1,
             ("ismaster" if legacy else "isWritablePrimary"): primary,
             "secondary": not primary,
         }
-        if primary:
+        if self.is_primary:
             reply["primary"] = self.address
+        if not member:
+            reply["electionId"] = self.election_id
         reply.update(
             {
-                "me": self.address,
-                "electionId": self.election_id,
+                "me": self.addresses[member],
                 "lastWrite": {
                     "opTime": {"ts": last, "t": Int64(self.term)},
                     "lastWriteDate": now,
@@ -242,8 +237,10 @@ class ReplicaSetEmulator:
         return reply
 
     # ---- connections ------------------------------------------------------------
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = Connection(next(self._ids), writer)
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, member: int = 0
+    ) -> None:
+        conn = Connection(next(self._ids), writer, member)
         self.connections[conn.id] = conn
         self.total_connections += 1
         try:
@@ -252,7 +249,7 @@ class ReplicaSetEmulator:
                 length, request_id, _, op_code = wire.parse_header(header)
                 body = await reader.readexactly(length - wire.HEADER.size)
                 request = wire.parse_body(request_id, op_code, body)
-                reply = await self._execute(conn, request)
+                reply = await self.dispatcher.execute(conn, request)
                 if request.more_to_come:
                     continue
                 if op_code == wire.OP_QUERY:
@@ -269,110 +266,3 @@ class ReplicaSetEmulator:
         finally:
             self.connections.pop(conn.id, None)
             writer.close()
-
-    async def _execute(self, conn: Connection, request: wire.Request) -> dict[str, Any]:
-        cmd = request.command
-        if not cmd:
-            return CommandError(59, "no such command: ''").reply()
-        name = next(iter(cmd))
-        if request.op_code == wire.OP_QUERY:
-            db = request.collection.split(".", 1)[0]
-            if name not in ("hello", "isMaster", "ismaster"):
-                return CommandError(
-                    352,
-                    f"Unsupported OP_QUERY command: {name}. The client "
-                    "driver may require an upgrade.",
-                ).reply()
-        else:
-            db = str(cmd.get("$db", "admin"))
-        try:
-            reply = await self._run(conn, name, db, cmd)
-        except CommandError as exc:
-            self._label(exc, name, cmd)
-            reply = exc.reply()
-        except (CloseConnection, asyncio.CancelledError):
-            raise
-        except OperationFailure as exc:  # raised by mongomock for bad queries and expressions
-            self._label(exc_ := _from_engine(exc), name, cmd)
-            reply = exc_.reply()
-        except NotImplementedError as exc:
-            reply = CommandError(115, f"the emulator does not support this: {exc}").reply()
-        except Exception as exc:  # a bug of the emulator answers one command, not the socket
-            log.exception("emulator_internal_error", command=name)
-            reply = CommandError(
-                1, f"emulator internal error in '{name}': {type(exc).__name__}: {exc}"
-            ).reply()
-        reply["$clusterTime"] = {
-            "clusterTime": self.store.clock.current(),
-            "signature": {"hash": Binary(b"\x00" * 20), "keyId": Int64(0)},
-        }
-        reply["operationTime"] = self.store.clock.current()
-        return reply
-
-    @staticmethod
-    def _label(exc: CommandError, name: str, cmd: dict[str, Any]) -> None:
-        if exc.labels:
-            return
-        in_txn = cmd.get("autocommit") is not None
-        if exc.code in RETRYABLE_WRITE and (
-            (name in RETRYABLE_COMMANDS and "txnNumber" in cmd and not in_txn)
-            or name in ("commitTransaction", "abortTransaction")
-        ):
-            exc.labels.append("RetryableWriteError")
-        if exc.code in RESUMABLE_CHANGE_STREAM and name == "getMore":
-            exc.labels.append("ResumableChangeStreamError")
-        if (
-            in_txn
-            and name not in ("commitTransaction", "abortTransaction")
-            and exc.code in RETRYABLE_WRITE
-        ):
-            exc.labels.append("TransientTransactionError")
-
-    async def _run(
-        self, conn: Connection, name: str, db: str, cmd: dict[str, Any]
-    ) -> dict[str, Any]:
-        handler = COMMANDS.get(name)
-        if handler is None:
-            raise CommandError(59, f"no such command: '{name}'")
-        fail = self.failpoints.fail_command(name, conn.app_name)
-        if fail is not None:
-            if fail.get("blockConnection"):
-                await asyncio.sleep(float(fail.get("blockTimeMS", 0)) / 1000)
-            if fail.get("closeConnection"):
-                raise CloseConnection
-            if "errorCode" in fail:
-                raise CommandError(
-                    int(fail["errorCode"]),
-                    "Failing command via 'failCommand' failpoint",
-                    fail.get("errorLabels"),
-                    extra=fail.get("errorExtraInfo"),
-                )
-        if name not in ANY_STATE and not self.is_primary:
-            if name in WRITES or cmd.get("autocommit") is not None or name == "commitTransaction":
-                raise CommandError(10107, "not primary")
-            raise CommandError(13435, "not primary and secondaryOk=false")
-        sessions = self.sessions
-        retry_key = None
-        if name in RETRYABLE_COMMANDS and "txnNumber" in cmd and cmd.get("autocommit") is None:
-            st = sessions.state(cmd.get("lsid") or {})
-            number = int(cmd["txnNumber"])
-            if number in st.retry_cache:
-                return dict(st.retry_cache[number])  # a retried write is applied once
-            if number < st.txn_number:
-                raise CommandError(
-                    225,
-                    f"Retryable write with txnNumber {number} is prohibited "
-                    f"on session because a newer retryable write with "
-                    f"txnNumber {st.txn_number} has already started",
-                )
-            st.txn_number = number
-            retry_key = (st, number)
-        ws = sessions.live if name in TXN_END else sessions.workspace(cmd)
-        ctx = Ctx(self, conn, db, ws)
-        reply = await handler(ctx, cmd)
-        if retry_key is not None:
-            st, number = retry_key
-            st.retry_cache = {number: dict(reply)}
-        if fail is not None and "writeConcernError" in fail:
-            reply["writeConcernError"] = dict(fail["writeConcernError"])
-        return reply

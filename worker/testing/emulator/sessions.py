@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bson
-import mongomock
 from bson import Timestamp
 
+from changestream_worker.testing.emulator.engine import Engine
 from changestream_worker.testing.emulator.errors import CommandError
 from changestream_worker.testing.emulator.store import Change, Store, key_bytes
 
@@ -43,10 +43,12 @@ class Transaction(Workspace):
         self.lsid = lsid
         self.number = number
         self.snapshot = store.clock.last
-        self.private: Any = mongomock.MongoClient()
+        self.private: Any = Engine()
         self.touched: set[tuple[str, str]] = set()
         self.changes: list[Change] = []
         self.written: dict[bytes, tuple[str, str, dict[str, Any]]] = {}
+        # DDL (create, createIndexes) run against the live data at commit, in order
+        self.ddl: list[tuple[str, dict[str, Any]]] = []
         self.state = "in_progress"
 
     def coll(self, db: str, name: str) -> Any:
@@ -101,11 +103,20 @@ class Transaction(Workspace):
 
 
 @dataclass
+class RetryRecord:
+    """What a retryable write (one txnNumber) has done: its reply, or its statements' replies."""
+
+    reply: dict[str, Any] | None = None
+    statements: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
 class SessionState:
     txn_number: int = -1
     txn: Transaction | None = None
     committed: set[int] = field(default_factory=set)
-    retry_cache: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # only the newest retryable write can be retried: older numbers are refused
+    retry: dict[int, RetryRecord] = field(default_factory=dict)
 
 
 class Sessions:
@@ -196,4 +207,6 @@ class Sessions:
             if number in st.committed:
                 raise CommandError(256, "Transaction has been committed")
             raise CommandError(251, "No such transaction", TRANSIENT)
+        if txn.state == "aborted":
+            raise CommandError(251, f"Transaction with {{ txnNumber: {number} }} has been aborted.")
         self.abort(txn)

@@ -1,4 +1,4 @@
-"""The emulator's data: documents (kept by mongomock), collection metadata, the oplog, clock."""
+"""The emulator's data: documents (in the engine), collection metadata, the oplog, the clock."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import bson
-import mongomock
 from bson import Binary, Timestamp
 
+from changestream_worker.testing.emulator.engine import Collection, Engine
 from changestream_worker.testing.emulator.errors import CommandError
 
 INTERNAL_DBS = ("admin", "config", "local")
@@ -64,53 +64,6 @@ def key_bytes(db: str, coll: str, key: dict[str, Any]) -> bytes:
     return f"{db}.{coll}\x00".encode() + bson.encode(key)
 
 
-def update_description(pre: dict[str, Any], post: dict[str, Any]) -> dict[str, Any]:
-    """Derive updatedFields/removedFields/truncatedArrays from two versions, as a delta oplog."""
-    updated: dict[str, Any] = {}
-    removed: list[str] = []
-    truncated: list[dict[str, Any]] = []
-    _diff(pre, post, "", updated, removed, truncated)
-    return {"updatedFields": updated, "removedFields": removed, "truncatedArrays": truncated}
-
-
-def _same(a: Any, b: Any) -> bool:
-    return type(a) is type(b) and a == b
-
-
-def _diff(
-    pre: dict[str, Any],
-    post: dict[str, Any],
-    prefix: str,
-    updated: dict[str, Any],
-    removed: list[str],
-    truncated: list[dict[str, Any]],
-) -> None:
-    for k, new in post.items():
-        path = prefix + k
-        if k not in pre:
-            updated[path] = new
-            continue
-        old = pre[k]
-        if _same(old, new):
-            continue
-        if isinstance(old, dict) and isinstance(new, dict):
-            _diff(old, new, path + ".", updated, removed, truncated)
-        elif isinstance(old, list) and isinstance(new, list):
-            common = min(len(old), len(new))
-            if len(new) < len(old):
-                truncated.append({"field": path, "newSize": len(new)})
-            for i in range(common):
-                if not _same(old[i], new[i]):
-                    updated[f"{path}.{i}"] = new[i]
-            for i in range(common, len(new)):
-                updated[f"{path}.{i}"] = new[i]
-        else:
-            updated[path] = new
-    for k in pre:
-        if k not in post:
-            removed.append(prefix + k)
-
-
 class Clock:
     """Cluster time: a Timestamp that strictly increases with every tick."""
 
@@ -136,7 +89,7 @@ class Store:
     """Documents, metadata and the oplog of the one-member replica set."""
 
     def __init__(self) -> None:
-        self.data: Any = mongomock.MongoClient()
+        self.data = Engine()
         self.clock = Clock()
         self.meta: dict[tuple[str, str], dict[str, Any]] = {}
         self.oplog: list[OplogEntry] = []
@@ -144,9 +97,13 @@ class Store:
         self.history_start = self.clock.tick()
         self.versions: dict[bytes, Timestamp] = {}
         self._new_data = asyncio.Event()
+        self._armed = False
+        self.profiling: dict[
+            str, dict[str, Any]
+        ] = {}  # per database: the profile command's settings
 
     # ---- metadata ---------------------------------------------------------------
-    def collection(self, db: str, coll: str) -> Any:
+    def collection(self, db: str, coll: str) -> Collection:
         return self.data[db][coll]
 
     def exists(self, db: str, coll: str) -> bool:
@@ -163,10 +120,7 @@ class Store:
             "options": dict(options or {}),
             "created": self.clock.last,
         }
-        # mongomock creates lazily; make the collection visible to listCollections at once
-        self.data[db].create_collection(coll) if coll not in self.data[
-            db
-        ].list_collection_names() else None
+        self.data[db].setdefault(coll, Collection(db, coll))
         self.append(
             OplogEntry(
                 self.clock.tick(),
@@ -176,9 +130,7 @@ class Store:
                 coll,
                 _now(),
                 uuid=self.meta[(db, coll)]["uuid"],
-                extra={
-                    "operationDescription": {"idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}}
-                },
+                extra={"operationDescription": _create_description(options or {})},
             )
         )
         return True
@@ -196,12 +148,19 @@ class Store:
     # ---- the oplog --------------------------------------------------------------
     def append(self, entry: OplogEntry) -> None:
         self.oplog.append(entry)
-        self._new_data.set()
-        self._new_data = asyncio.Event()
+        self._wake()
+
+    def _wake(self) -> None:
+        # a fresh Event only when someone waits on the current one: appends are the hot path
+        if self._armed:
+            self._armed = False
+            self._new_data.set()
+            self._new_data = asyncio.Event()
 
     async def wait_for_data(self, timeout: float) -> None:
         """Wait until something is appended, or ``timeout`` seconds pass."""
         event = self._new_data
+        self._armed = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
 
@@ -217,11 +176,18 @@ class Store:
             return None
         ts = self.clock.tick()
         wall = _now()
+        per_ns: dict[tuple[str, str], tuple[bool, Binary | None]] = {}
         for i, ch in enumerate(changes):
             if not in_txn and i:
                 ts = self.clock.tick()
             self.versions[key_bytes(ch.db, ch.coll, ch.key)] = ts
-            self.append(
+            ns = per_ns.get((ch.db, ch.coll))
+            if ns is None:
+                ns = per_ns[(ch.db, ch.coll)] = (
+                    self.images_enabled(ch.db, ch.coll),
+                    self.meta.get((ch.db, ch.coll), {}).get("uuid"),
+                )
+            self.oplog.append(
                 OplogEntry(
                     ts,
                     i if in_txn else 0,
@@ -233,12 +199,13 @@ class Store:
                     post=ch.post,
                     pre=ch.pre,
                     update_desc=ch.update_desc,
-                    images=self.images_enabled(ch.db, ch.coll),
+                    images=ns[0],
                     lsid=lsid if in_txn else None,
                     txn_number=txn_number if in_txn else None,
-                    uuid=self.meta.get((ch.db, ch.coll), {}).get("uuid"),
+                    uuid=ns[1],
                 )
             )
+        self._wake()
         return ts
 
     def truncate_before(self, ts: Timestamp) -> int:
@@ -262,36 +229,28 @@ class Store:
         if (db, coll) not in self.meta:
             return False
         meta = self.meta.pop((db, coll))
-        self.data[db].drop_collection(coll)
+        self.data.drop(db, coll)
         self.append(OplogEntry(self.clock.tick(), 0, "drop", db, coll, _now(), uuid=meta["uuid"]))
         return True
 
     def drop_database(self, db: str) -> None:
         for coll in self.collections(db):
             self.drop(db, coll)
-        self.data.drop_database(db)
+        self.data.pop(db, None)
         self.append(OplogEntry(self.clock.tick(), 0, "dropDatabase", db, None, _now()))
 
     def rename(self, db: str, coll: str, to_db: str, to_coll: str, drop_target: bool) -> None:
         if (db, coll) not in self.meta:
             raise CommandError(26, "Source collection does not exist")
+        described: dict[str, Any] = {"to": {"db": to_db, "coll": to_coll}}
         if (to_db, to_coll) in self.meta:
             if not drop_target:
                 raise CommandError(48, "target namespace exists")
+            described["dropTarget"] = self.meta[(to_db, to_coll)]["uuid"]
             self.drop(to_db, to_coll)
-        docs = list(self.data[db][coll].find())
-        indexes = self.data[db][coll].index_information()
-        target = self.data[to_db][to_coll]
-        if docs:
-            target.insert_many(docs)
-        for name, info in indexes.items():
-            if name != "_id_":
-                target.create_index(
-                    info["key"],
-                    name=name,
-                    **{k: v for k, v in info.items() if k in ("unique", "expireAfterSeconds")},
-                )
-        self.data[db].drop_collection(coll)
+        moved = self.data[db].pop(coll)
+        moved.db, moved.name = to_db, to_coll
+        self.data[to_db][to_coll] = moved
         meta = self.meta.pop((db, coll))
         self.meta[(to_db, to_coll)] = meta
         self.append(
@@ -304,8 +263,15 @@ class Store:
                 _now(),
                 to=(to_db, to_coll),
                 uuid=meta["uuid"],
+                extra={"operationDescription": described},
             )
         )
+
+
+def _create_description(options: dict[str, Any]) -> dict[str, Any]:
+    if "viewOn" in options:
+        return {"viewOn": options["viewOn"], "pipeline": list(options.get("pipeline") or [])}
+    return {"idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}}
 
 
 def _now() -> datetime:
