@@ -6,8 +6,8 @@ the workers (failpoint ``closeConnection`` on ``getMore`` and ``insert``) and st
 primary down. Each scenario runs with and without a CPU hog (one busy process per core),
 interleaved, and prints per run: events written, lost, duplicates, drain time after the last
 write, process restarts, stream resumes, takeover times (median and max).
-Run: python bench/chaos.py [--writes 20000] [--kills 20] [--drops 50] [--stepdowns 5]
-     [--repeat 1] [--only hog|calm]
+Run: python bench/chaos.py [--writes 20000] [--duration 300] [--kills 20] [--drops 50]
+     [--stepdowns 5] [--ttl 10] [--repeat 1] [--only hog|calm]
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from pymongo.errors import BulkWriteError, PyMongoError
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.support
 from tests.support.harness import WorkerProcess, config_dict, watcher
 
-TTL = 6.0  # shorter leases flap on a saturated 2-core machine (renewals miss 0.8 x TTL)
 APP = "changestream-worker"
 
 
@@ -100,7 +99,7 @@ class Run:
             self.db.name,
             self.state.name,
             [watcher(concurrency=32)],
-            leases={"enabled": True, "ttl": f"{TTL}s", "instance_id": "${INSTANCE_ID}"},
+            leases={"enabled": True, "ttl": f"{args.ttl}s", "instance_id": "${INSTANCE_ID}"},
         )
         self.workers = {
             n: WorkerProcess(cfg, tmp, name=f"{tag}_{n}", env={"INSTANCE_ID": n})
@@ -144,7 +143,7 @@ class Run:
             victim = self.workers[first["owner"]]
             victim.kill()
             killed = time.monotonic()
-            if self.wait_owner(int(first["epoch"]), TTL * 10) is not None:
+            if self.wait_owner(int(first["epoch"]), self.args.ttl * 10) is not None:
                 self.takeovers.append(time.monotonic() - killed)
             victim.start()
             self.restarts += 1
@@ -229,7 +228,9 @@ def _median(values: list[float]) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--writes", type=int, default=20_000)
-    parser.add_argument("--duration", type=float, default=240.0, help="seconds of writing")
+    parser.add_argument("--duration", type=float, default=300.0, help="seconds of writing")
+    # short leases flap on a saturated 2-core machine: renewals miss their 0.8 x TTL deadline
+    parser.add_argument("--ttl", type=float, default=10.0, help="lease TTL of the workers")
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--drops", type=int, default=50)
     parser.add_argument("--stepdowns", type=int, default=5)
