@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
@@ -90,6 +92,12 @@ class TestSecretKeys:
             "key",
             "passwd",
             "credentials",
+            "auth_token",
+            "bearer_token",
+            "nats_token",
+            "ACCESS_TOKEN",
+            "authorization",
+            "Authorization",
         ],
     )
     def test_secret(self, key: str) -> None:
@@ -107,11 +115,25 @@ class TestSecretKeys:
             "table",
             "document_key",
             "monkey",
+            "token_age_s",
+            "resume_token",
+            "post_batch_token",
+            "startAfterToken",
+            "has_token",
+            "tokens",
         ],
     )
     def test_not_secret(self, key: str) -> None:
-        """Ordinary option names, including cache `keys`, are left alone."""
+        """Ordinary names, cache `keys` and resume-token positions and ages, are left alone."""
         assert not is_secret_key(key)
+
+    def test_no_field_the_worker_logs_is_masked(self) -> None:
+        """Every keyword field of every log call in worker/ and handlers/ prints as itself:
+        the worker never logs a secret by name, so a masked field is a masking mistake."""
+        fields = logged_fields()
+        assert "token_age_s" in fields and len(fields) > 30  # the scan finds the real calls
+        masked = {name: where for name, where in fields.items() if is_secret_key(name)}
+        assert masked == {}
 
     def test_mask_secrets_nested(self) -> None:
         """Masks nested mappings and lists; empty secrets stay visible as empty."""
@@ -192,3 +214,25 @@ class TestConfigure:
         structlog.get_logger().info("hello", uri="redis://:pw@h")
         text = out.getvalue()
         assert "hello" in text and "redis://:***@h" in text and "\x1b[" not in text
+
+
+LEVELS = {"debug", "info", "warning", "warn", "error", "exception", "critical", "msg"}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def logged_fields() -> dict[str, str]:
+    """Keyword names of structlog calls (``log.info("event", field=...)``, ``.bind(...)``)."""
+    found: dict[str, str] = {}
+    for folder in ("worker", "handlers"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                    continue
+                name = node.func.attr
+                is_event = name in LEVELS and node.args and isinstance(node.args[0], ast.Constant)
+                is_bind = name == "bind" and "log" in ast.unparse(node.func.value)
+                if is_event or is_bind:
+                    for kw in node.keywords:
+                        if kw.arg is not None:
+                            found.setdefault(kw.arg, f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found

@@ -33,12 +33,15 @@ _SECRET_WORDS = {
     "pass",
     "passphrase",
     "secret",
-    "token",
     "apikey",
     "credential",
     "credentials",
+    "authorization",
 }
 _KEY_QUALIFIERS = {"api", "access", "private", "secret", "signing", "encryption", "auth"}
+# "token" names a secret (auth_token, accessToken, nats_token) only as the last word of a name,
+# and not after these: a change stream's resume token is a position anyone may read
+_POSITION_WORDS = {"resume", "batch", "page", "continuation", "next", "after", "cursor", "has"}
 _MAX_DEPTH = 8
 
 
@@ -53,9 +56,15 @@ def mask_uri(uri: str) -> str:
 
 
 def is_secret_key(key: str) -> bool:
-    """Whether an option or log field named ``key`` holds a secret (password, token, api_key...)."""
+    """Whether an option or log field named ``key`` holds a secret (password, auth token, api key).
+
+    ``token_age_s``, ``resume_token`` and ``post_batch_token`` are not secrets; ``token``,
+    ``auth_token`` and ``accessToken`` are.
+    """
     words = [w.lower() for w in re.findall(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])", key)]
     if any(w in _SECRET_WORDS for w in words) or words == ["key"]:
+        return True
+    if words[-1:] == ["token"] and (len(words) == 1 or words[-2] not in _POSITION_WORDS):
         return True
     return any(a in _KEY_QUALIFIERS and b == "key" for a, b in itertools.pairwise(words))
 

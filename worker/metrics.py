@@ -116,6 +116,25 @@ class Metrics:
         self.lease_held = Gauge(
             p + "lease_held", "1 while this process owns the watcher's lease.", w, registry=r
         )
+        # backlog and takeovers (service/observer.py)
+        self.backlog_events = Gauge(
+            p + "backlog_events",
+            "Changes of the watched namespace after the watcher's position, capped (estimate).",
+            w,
+            registry=r,
+        )
+        self.backlog_seconds = Gauge(
+            p + "backlog_seconds",
+            "Server's newest cluster time minus the watcher's position; 0 when nothing waits.",
+            w,
+            registry=r,
+        )
+        self.lease_wait_seconds = Gauge(
+            p + "lease_wait_seconds",
+            "Seconds until this standby may take over a lease its owner stopped renewing.",
+            w,
+            registry=r,
+        )
 
     def child(self, collector: Any, *labels: str) -> Any:
         """``collector.labels(*labels)``, memoised: the hot path pays one dict lookup."""

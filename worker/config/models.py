@@ -18,11 +18,13 @@ from pydantic import (
     Field,
     ValidationError,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
 from changestream_worker.config.durations import DURATION_PATTERN, parse_duration, parse_start_at
 from changestream_worker.config.loading import CrossProblems, interpolate, problems_from, read_yaml
+from changestream_worker.config.uris import uri_problem
 from changestream_worker.errors import ConfigError
 
 __all__ = [
@@ -82,6 +84,14 @@ class MongoSettings(_Model):
     uri: str = Field(min_length=1)
     database: str = Field(min_length=1)
     app_name: str = "changestream-worker"
+
+    @field_validator("uri")
+    @classmethod
+    def _mongodb_uri(cls, uri: str) -> str:
+        problem = uri_problem(uri)
+        if problem:
+            raise ValueError(problem)
+        return uri
 
 
 class StateSettings(_Model):
@@ -174,6 +184,8 @@ class Settings(_Model):
     http: HttpSettings = Field(default_factory=HttpSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     shutdown_timeout: Duration = 25.0
+    # None: wait for MongoDB for ever (an orchestrator's restarts are no better)
+    startup_timeout: Annotated[Duration, Field(gt=0)] | None = None
     leases: LeaseSettings = Field(default_factory=LeaseSettings)
     handlers: dict[str, HandlerSpec] = Field(default_factory=dict)
     watchers: list[WatcherSettings] = Field(min_length=1)

@@ -12,15 +12,24 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry
 from pymongo import AsyncMongoClient
+from pymongo.errors import ConnectionFailure
 
 from changestream_worker.config.models import Settings
 from changestream_worker.errors import ConfigError
 from changestream_worker.handler import Handler
 from changestream_worker.logs import mask_uri
 from changestream_worker.metrics import Metrics
+from changestream_worker.service.connect import (
+    Reachability,
+    StartupTimeout,
+    describe_error,
+    wait_for_mongodb,
+    watch_connection,
+)
 from changestream_worker.service.coordination import Coordinator
 from changestream_worker.service.handlers import HandlerSet
 from changestream_worker.service.headroom import watch_headroom
+from changestream_worker.service.observer import Observer
 from changestream_worker.service.slots import READY_STATES, WatcherSlot, instance_names
 from changestream_worker.state.checkpoints import MongoCheckpointStore
 from changestream_worker.state.deadletters import DeadLetterStore
@@ -67,6 +76,8 @@ class Supervisor:
         self.headroom_interval = 10.0  # seconds between oplog headroom refreshes
         self.status_interval = 5.0  # seconds between watcher_status refreshes
         self._signals = 0
+        self.reachability = Reachability()  # hook (reliability): MongoDB reachable, for /readyz
+        self.observer: Observer | None = None  # hook (reliability): backlog and lease waits
 
     # ---- lifecycle --------------------------------------------------------------
     async def run(self) -> int:
@@ -78,6 +89,9 @@ class Supervisor:
         try:
             await self.start()
             await self.stop_requested.wait()
+        except StartupTimeout as exc:  # hook (reliability): one line, exit 1, no traceback
+            log.error("startup_timeout", error=str(exc))
+            return 1
         finally:
             await self.shutdown()
         return 0
@@ -108,10 +122,29 @@ class Supervisor:
 
             self._built = build_handlers(self.settings)
         self.client = AsyncMongoClient(
-            self.uri, appname=self.settings.mongodb.app_name, tz_aware=True
+            self.uri,
+            appname=self.settings.mongodb.app_name,
+            tz_aware=True,
+            event_listeners=[self.reachability],
         )
         log.info(
             "worker_starting", mongodb=mask_uri(self.uri), watchers=len(self.settings.watchers)
+        )
+        # hook (reliability): alive and not ready while MongoDB is awaited
+        await self._start_http()
+        reached = await wait_for_mongodb(
+            self.client,
+            self.uri,
+            self.reachability,
+            self.stop_requested,
+            self.settings.startup_timeout,
+        )
+        if not reached:
+            return
+        self._background.append(
+            asyncio.create_task(
+                watch_connection(self.client, self.uri, self.reachability, self.stop_requested)
+            )
         )
         self.handlers = HandlerSet(
             self._built, self.client, self.settings.mongodb.database, self.settings.state.database
@@ -121,7 +154,6 @@ class Supervisor:
         self.checkpoints = MongoCheckpointStore(state_db)
         self.status = StatusStore(state_db, self.instance_id)
         await self.handlers.start_all()
-        await self._start_http()
         self.coordinator = Coordinator(
             self.settings.leases,
             state_db,
@@ -139,6 +171,16 @@ class Supervisor:
             )
         )
         self._background.append(asyncio.create_task(self._report()))
+        # hook (reliability): backlog and takeover estimates for /readyz, gauges and status
+        self.observer = Observer(
+            self.client,
+            self.settings,
+            self.instance_id,
+            lambda: self.slots,
+            self.metrics,
+            self.checkpoints,
+        )
+        self._background.append(asyncio.create_task(self.observer.run(), name="observer"))
         for ws in self.settings.watchers:
             for partition, name in enumerate(instance_names(ws)):
                 slot = WatcherSlot(ws, name, partition)
@@ -252,6 +294,11 @@ class Supervisor:
 
     def _crashed(self, slot: WatcherSlot, exc: BaseException) -> None:
         self.metrics.watcher_restarts_total.labels(slot.name).inc()
+        if isinstance(exc, ConnectionFailure):  # hook (reliability): the network, not a bug
+            slot.crashed(exc)
+            slot.reason = describe_error(exc)
+            log.warning("watcher_connection_failed", watcher=slot.name, error=slot.reason)
+            return
         if slot.crashed(exc):
             log.error("watcher_crashed", watcher=slot.name, error=slot.reason, traceback=slot.tb)
         else:
@@ -323,7 +370,11 @@ class Supervisor:
 
     # ---- health -----------------------------------------------------------------
     def watcher_states(self) -> dict[str, dict[str, Any]]:
-        return {slot.name: slot.report() for slot in self.slots}
+        states = {slot.name: slot.report() for slot in self.slots}
+        if self.observer is not None:  # hook (reliability): backlog and lease wait
+            for name, state in states.items():
+                state.update(self.observer.detail(name))
+        return states
 
     def health(self) -> dict[str, Any]:
         return {"watchers": self.watcher_states()}
@@ -331,7 +382,8 @@ class Supervisor:
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         states = self.watcher_states()
         ok = self.client is not None and all(s["state"] in READY_STATES for s in states.values())
-        return ok, {"watchers": states}
+        ok = ok and self.reachability.reachable  # hook (reliability)
+        return ok, {"mongodb": self.reachability.detail(), "watchers": states}
 
 
 async def run(

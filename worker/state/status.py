@@ -27,8 +27,16 @@ if TYPE_CHECKING:
 # column of `status` and a key of `status --json`; None (absent) prints as "-".
 #   in_flight     events submitted to handlers and not finished
 #   backlog       events the stream still holds past the checkpoint (an estimate)
-#   lease_wait_s  seconds a standby has waited for the lease
-REPORTED = ("in_flight", "backlog", "lease_wait_s")
+#   lease_wait_s  seconds until a standby may take over a lease its owner stopped renewing
+# hook (reliability): service/observer.py also writes backlog_seconds, backlog_detail, takeover
+REPORTED = (
+    "in_flight",
+    "backlog",
+    "lease_wait_s",
+    "backlog_seconds",
+    "backlog_detail",
+    "takeover",
+)
 
 
 class StatusStore:
