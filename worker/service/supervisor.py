@@ -12,7 +12,6 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry
 from pymongo import AsyncMongoClient
-from pymongo.errors import ConnectionFailure
 
 from changestream_worker.config.models import Settings
 from changestream_worker.errors import ConfigError
@@ -22,7 +21,6 @@ from changestream_worker.metrics import Metrics
 from changestream_worker.service.connect import (
     Reachability,
     StartupTimeout,
-    describe_error,
     wait_for_mongodb,
     watch_connection,
 )
@@ -30,15 +28,12 @@ from changestream_worker.service.coordination import Coordinator
 from changestream_worker.service.handlers import HandlerSet
 from changestream_worker.service.headroom import watch_headroom
 from changestream_worker.service.observer import Observer
+from changestream_worker.service.runner import Parts, SlotRunner
 from changestream_worker.service.slots import READY_STATES, WatcherSlot, instance_names
 from changestream_worker.state.checkpoints import MongoCheckpointStore
 from changestream_worker.state.deadletters import DeadLetterStore
-from changestream_worker.state.leases import Lease
 from changestream_worker.state.status import StatusStore
-from changestream_worker.stream.dispatch import Dispatcher
-from changestream_worker.stream.retry import backoff
-from changestream_worker.stream.source import partition_stage
-from changestream_worker.stream.watcher import Watcher, WatcherSpec, WatcherStopped
+from changestream_worker.stream.watcher import Watcher
 
 log = structlog.get_logger("changestream_worker.service.supervisor")
 EMBEDDED = "embedded://"
@@ -170,6 +165,19 @@ class Supervisor:
                 )
             )
         )
+        self.runner = SlotRunner(
+            Parts(
+                self.settings,
+                self.client,
+                self.handlers,
+                self.dead_letters,
+                self.checkpoints,
+                self.status,
+                self.metrics,
+                self.coordinator,
+                self.stop_requested,
+            )
+        )
         self._background.append(asyncio.create_task(self._report()))
         # hook (reliability): backlog and takeover estimates for /readyz, gauges and status
         self.observer = Observer(
@@ -185,7 +193,7 @@ class Supervisor:
             for partition, name in enumerate(instance_names(ws)):
                 slot = WatcherSlot(ws, name, partition)
                 self.slots.append(slot)
-                slot.task = asyncio.create_task(self._supervise(slot), name=f"watcher:{name}")
+                slot.task = asyncio.create_task(self.runner.run(slot), name=f"watcher:{name}")
 
     def _hand_over(self, name: str) -> None:
         for slot in self.slots:
@@ -210,136 +218,13 @@ class Supervisor:
         )
         await self.http.start()
 
-    # ---- one watcher ------------------------------------------------------------
-    def build_watcher(self, slot: WatcherSlot, lease: Lease | None = None) -> Watcher:
-        assert self.client is not None and self.handlers is not None
-        ws = slot.ws
-        database = ws.database or self.settings.mongodb.database
-        bound = [
-            (h, self.handlers.handlers[h], self.handlers.context(h, slot.name, database))
-            for h in ws.handlers
-        ]
-        dispatcher = Dispatcher(
-            slot.name,
-            bound,
-            ws,
-            self.dead_letters,
-            self.metrics,
-            guard=None if lease is None else lease.valid,
-        )
-        extra = [partition_stage(slot.partition, ws.partitions)] if ws.partitions > 1 else []
-        spec = WatcherSpec(
-            ws,
-            slot.name,
-            self.settings.checkpoint,
-            self.settings.shutdown_timeout,
-            extra_stages=tuple(extra),
-            epoch=None if lease is None else lease.epoch,  # fixed for the whole acquisition
-        )
-        return Watcher(spec, self.client[database], dispatcher, self.checkpoints, self.metrics)
-
-    async def _supervise(self, slot: WatcherSlot) -> None:
-        assert self.coordinator is not None, "start() first"
-        restart_delay = backoff(0.5, 60.0)
-        attempt = 0
-        while not self.stop_requested.is_set():
-            lease = await self.coordinator.acquire(slot.name, slot.ws, lambda: self._standby(slot))
-            if lease is None and self.settings.leases.enabled:
-                return  # asked to stop while standing by
-            watcher = slot.watcher = self.build_watcher(slot, lease)
-            helpers = [asyncio.create_task(self._relay_stop(watcher, lease))]
-            if lease is not None:
-                helpers.append(asyncio.create_task(lease.keep()))
-            try:
-                slot.set("running")
-                await self._publish(slot)
-                await watcher.run()
-                if lease is not None and lease.lost.is_set() and not self.stop_requested.is_set():
-                    self._deposed(slot)
-                    continue
-                if self.coordinator.handed_over(slot.name) and not self.stop_requested.is_set():
-                    slot.set("standby", "handed over to rebalance partitions")
-                    continue
-                return
-            except WatcherStopped as exc:
-                if exc.fenced and not self.stop_requested.is_set():
-                    self._deposed(slot)
-                    continue
-                slot.set("stopped_by_policy" if exc.expected else "failed", exc.reason)
-                log.error(
-                    "watcher_stopped", watcher=slot.name, reason=exc.reason, expected=exc.expected
-                )
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a crash: log each distinct traceback once, then restart
-                self._crashed(slot, exc)
-                attempt += 1
-                await self._wait(restart_delay(attempt))
-            finally:
-                for task in helpers:
-                    task.cancel()
-                if lease is not None:
-                    await lease.release()
-                    self.coordinator.released(slot.name)
-                await self._publish(slot)
-
-    async def _standby(self, slot: WatcherSlot) -> None:
-        slot.set("standby", "another replica holds the lease")
-        await self._publish(slot)
-
-    def _deposed(self, slot: WatcherSlot) -> None:
-        slot.set("standby", "lease lost: another replica owns it now")
-        log.warning("watcher_deposed", watcher=slot.name)
-
-    def _crashed(self, slot: WatcherSlot, exc: BaseException) -> None:
-        self.metrics.watcher_restarts_total.labels(slot.name).inc()
-        if isinstance(exc, ConnectionFailure):  # hook (reliability): the network, not a bug
-            slot.crashed(exc)
-            slot.reason = describe_error(exc)
-            log.warning("watcher_connection_failed", watcher=slot.name, error=slot.reason)
-            return
-        if slot.crashed(exc):
-            log.error("watcher_crashed", watcher=slot.name, error=slot.reason, traceback=slot.tb)
-        else:
-            log.warning(
-                "watcher_crashed_again",
-                watcher=slot.name,
-                error=slot.reason,
-                restarts=slot.restarts,
-            )
-
-    async def _publish(self, slot: WatcherSlot) -> None:
-        """Record the slot's state for `changestream-worker status` (best effort)."""
-        if self.status is None:
-            return
-        w = slot.watcher
-        await self.status.publish(
-            slot.name,
-            state=slot.state,
-            reason=slot.reason,
-            restarts=slot.restarts,
-            in_flight=w.dispatcher.in_flight if w is not None else 0,
-        )
-
     async def _report(self) -> None:
         # the figures of running watchers move between state changes: refresh them
         while not self.stop_requested.is_set():
             await self._wait(self.status_interval)
             for slot in self.slots:
                 if slot.state == "running":
-                    await self._publish(slot)
-
-    async def _relay_stop(self, watcher: Watcher, lease: Lease | None) -> None:
-        waits = [asyncio.create_task(self.stop_requested.wait())]
-        if lease is not None:
-            waits.append(asyncio.create_task(lease.lost.wait()))
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
-        watcher.stopping.set()
+                    await self.runner.publish(slot)
 
     async def _wait(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
