@@ -1,4 +1,4 @@
-"""Shared by bench/relays.py and bench/sql_batch.py: an emulator process holding a backlog,
+"""Shared by the benchmarks: an emulator in its own process, a backlog in it,
 and one timed worker run that drains it."""
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ def quiet() -> None:
 
 
 def start_emulator() -> tuple[subprocess.Popen[str], str]:
+    """An emulator in its own process, like a real server: (process, URI)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "changestream_worker", "emulator", "--port", "0"],
         stdout=subprocess.PIPE,

@@ -18,7 +18,6 @@ import multiprocessing
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,19 +29,11 @@ from pymongo import MongoClient
 from pymongo.errors import BulkWriteError, PyMongoError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.support
+from backlog import start_emulator  # beside this script, on sys.path
+
 from tests.support.harness import WorkerProcess, config_dict, watcher
 
 APP = "changestream-worker"
-
-
-def start_emulator() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "changestream_worker", "emulator", "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    return proc, proc.stdout.readline().strip()
 
 
 def _burn() -> None:

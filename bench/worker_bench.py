@@ -34,6 +34,7 @@ from typing import Any
 
 import bench_handlers  # beside this script: python puts the script's folder on sys.path
 import psutil
+from backlog import start_emulator
 from pymongo import AsyncMongoClient
 
 from changestream_worker.config.models import Settings
@@ -42,16 +43,6 @@ from changestream_worker.service.supervisor import Supervisor
 
 HERE = Path(__file__).resolve().parent
 raw_cpu_us_per_event = 0.0  # of the last raw loop
-
-
-def start_emulator() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "changestream_worker", "emulator", "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    return proc, proc.stdout.readline().strip()
 
 
 def config(

@@ -358,8 +358,12 @@ class TestObservability:
         async with aiohttp.ClientSession() as http:
             async with running(settings) as sup:
                 await eventually(lambda: _has_checkpoint(env), what="first checkpoint")
-                async with http.get(f"http://127.0.0.1:{sup.http.port}/readyz") as r:
-                    assert r.status == 200
+
+                async def ready() -> bool:  # the stream opens just after the start point
+                    async with http.get(f"http://127.0.0.1:{sup.http.port}/readyz") as r:
+                        return r.status == 200
+
+                await eventually(ready, what="/readyz to answer 200 while running")
             now = (await env["client"].admin.command("ping"))["operationTime"]
             await env["client"].admin.command(
                 {"emulatorTruncateOplog": 1, "before": Timestamp(now.time + 5, 0)}

@@ -16,7 +16,7 @@ from bson import Timestamp
 from changestream_worker.metrics import Metrics
 from changestream_worker.stream.batches import BatchCalls
 from changestream_worker.stream.bound import Bound
-from changestream_worker.stream.failures import DeadLetterSink, Failures, describe_key
+from changestream_worker.stream.failures import Failures, describe_key
 from changestream_worker.stream.lanes import Item, Lanes
 from changestream_worker.stream.position import Position, Watermark, token_cluster_time
 from changestream_worker.stream.retry import HandlerResult, RetryPolicy, run_call
@@ -25,9 +25,9 @@ from changestream_worker.stream.stops import LeaseLost, WatcherStopped, stopped_
 if TYPE_CHECKING:
     from changestream_worker.events import ChangeEvent
     from changestream_worker.handler import Handler, HandlerContext
+    from changestream_worker.state.deadletters import DeadLetterStore
 
 __all__ = [
-    "DeadLetterSink",
     "DispatchPolicy",
     "Dispatcher",
     "LeaseLost",
@@ -78,7 +78,7 @@ class Dispatcher(Failures, BatchCalls):
         watcher: str,
         handlers: Sequence[tuple[str, Handler, HandlerContext]],
         settings: DispatchPolicy,
-        dead_letters: DeadLetterSink,
+        dead_letters: DeadLetterStore,
         metrics: Metrics | None = None,
         *,
         guard: Callable[[], bool] | None = None,

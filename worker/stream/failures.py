@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 from bson import json_util
@@ -16,24 +16,10 @@ from changestream_worker.stream.retry import Backoff, HandlerResult, RetryPolicy
 if TYPE_CHECKING:
     from changestream_worker.events import ChangeEvent
     from changestream_worker.metrics import Metrics
+    from changestream_worker.state.deadletters import DeadLetterStore
     from changestream_worker.stream.bound import Bound
 
 log = structlog.get_logger("changestream_worker.stream.dispatch")
-
-
-class DeadLetterSink(Protocol):
-    """Where failed events go (``state.deadletters.DeadLetterStore`` or a test double)."""
-
-    async def add(
-        self,
-        watcher: str,
-        handler: str,
-        event: ChangeEvent,
-        error: BaseException,
-        attempts: int,
-        first_failure: datetime,
-        last_failure: datetime,
-    ) -> Any: ...
 
 
 class FailurePolicy(Protocol):
@@ -57,7 +43,7 @@ class Failures:
 
     watcher: str
     settings: FailurePolicy
-    dead_letters: DeadLetterSink
+    dead_letters: DeadLetterStore
     metrics: Metrics | None
     _series: Metrics
 
