@@ -13,7 +13,8 @@ from pydantic import ValidationError
 
 from changestream_worker.config.durations import parse_duration, parse_start_at
 from changestream_worker.config.loading import interpolate, loc_path, problems_from
-from changestream_worker.config.models import Settings, load_settings, schema_text
+from changestream_worker.config.models import Settings, load_settings
+from changestream_worker.config.schema import schema_text
 from changestream_worker.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

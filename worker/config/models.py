@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import difflib
-import json
 import os
-import sys
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -38,7 +36,6 @@ __all__ = [
     "Settings",
     "StateSettings",
     "WatcherSettings",
-    "json_schema",
     "load_settings",
     "problems_from",
 ]
@@ -297,22 +294,3 @@ def _under(line: str, paths: set[str]) -> bool:
 
 def _dedupe(lines: list[str]) -> list[str]:
     return list(dict.fromkeys(lines))
-
-
-def json_schema() -> dict[str, Any]:
-    """The JSON schema of the config file (``config/worker.schema.json``)."""
-    schema = Settings.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "changestream-worker configuration"
-    return schema
-
-
-def schema_text() -> str:
-    """The schema as the text stored in ``config/worker.schema.json``."""
-    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
-
-
-if __name__ == "__main__":
-    if sys.argv[1:] != ["--schema"]:
-        sys.exit("usage: python -m changestream_worker.config.models --schema")
-    sys.stdout.write(schema_text())
