@@ -1,4 +1,4 @@
-"""Collection and index commands: create, collMod, drop, rename, list…, indexes."""
+"""Collection and index commands: create, collMod, drop, rename, indexes."""
 
 from __future__ import annotations
 
@@ -138,56 +138,6 @@ async def rename_collection(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
     ddb, dcoll = dst.split(".", 1)
     ctx.store.rename(sdb, scoll, ddb, dcoll, bool(cmd.get("dropTarget")))
     return {"ok": 1.0}
-
-
-@command("listCollections")
-async def list_collections(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
-    check_fields(cmd, {"filter", "nameOnly", "authorizedCollections", "cursor"})
-    from mongomock.filtering import filter_applies
-
-    out = []
-    for name in ctx.store.collections(ctx.db):
-        meta = ctx.store.meta[(ctx.db, name)]
-        view = "viewOn" in meta["options"]
-        doc: dict[str, Any] = {"name": name, "type": "view" if view else "collection"}
-        if not cmd.get("nameOnly"):
-            doc.update(options=dict(meta["options"]))
-            if view:
-                doc.update(info={"readOnly": True})
-            else:
-                doc.update(info={"readOnly": False, "uuid": meta["uuid"]}, idIndex=dict(ID_INDEX))
-        if filter_applies(cmd.get("filter") or {}, doc):
-            out.append(doc)
-    batch = (cmd.get("cursor") or {}).get("batchSize")
-    return first_batch(
-        ctx.server.cursors,
-        f"{ctx.db}.$cmd.listCollections",
-        out,
-        None if batch is None else int(batch),
-    )
-
-
-@command("listDatabases")
-async def list_databases(ctx: Ctx, cmd: dict[str, Any]) -> dict[str, Any]:
-    check_fields(cmd, {"filter", "nameOnly", "authorizedDatabases"})
-    from mongomock.filtering import filter_applies
-
-    names = sorted(set(ctx.store.databases()) | {"admin", "config", "local"})
-    dbs = []
-    for name in names:
-        doc: dict[str, Any] = {"name": name}
-        if not cmd.get("nameOnly"):
-            doc.update(
-                sizeOnDisk=8192 * (1 + len(ctx.store.collections(name))),
-                empty=not ctx.store.collections(name),
-            )
-        if filter_applies(cmd.get("filter") or {}, doc):
-            dbs.append(doc)
-    reply: dict[str, Any] = {"databases": dbs, "ok": 1.0}
-    if not cmd.get("nameOnly"):
-        reply["totalSize"] = sum(d["sizeOnDisk"] for d in dbs)
-        reply["totalSizeMb"] = reply["totalSize"] // (1024 * 1024)
-    return reply
 
 
 @command("createIndexes", write=True)

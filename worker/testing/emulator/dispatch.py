@@ -19,6 +19,7 @@ from changestream_worker.testing.emulator import (
     cmd_ddl,
     cmd_diag,
     cmd_find,
+    cmd_list,
     registry,
     wire,
 )
@@ -36,7 +37,7 @@ from changestream_worker.testing.emulator.sessions import Transaction, Workspace
 
 log = structlog.get_logger("emulator")
 # Every command the server answers: the command modules, listed here and nowhere else.
-MODULES = (cmd_admin, cmd_aggregate, cmd_crud, cmd_ddl, cmd_diag, cmd_find)
+MODULES = (cmd_admin, cmd_aggregate, cmd_crud, cmd_ddl, cmd_diag, cmd_find, cmd_list)
 COMMANDS = registry.table(*MODULES)
 # Commands a stepped-down node still answers.
 ANY_STATE = {
