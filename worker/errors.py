@@ -25,12 +25,16 @@ class HandlerControl(Exception):
     """Base of the exceptions a handler raises to steer the dispatcher."""
 
 
-class SkipEvent(HandlerControl):
-    """Raised by a handler: this event needs no work; it counts as ``skipped``."""
+class _Because(HandlerControl):
+    """A control exception with a short reason for logs and dead letters."""
 
     def __init__(self, reason: str = "") -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class SkipEvent(_Because):
+    """Raised by a handler: this event needs no work; it counts as ``skipped``."""
 
 
 class RetryEvent(HandlerControl):
@@ -47,12 +51,8 @@ class RetryEvent(HandlerControl):
         super().__init__(reason or f"retry requested (after={after})")
 
 
-class StopWatcher(HandlerControl):
+class StopWatcher(_Because):
     """Raised by a handler: stop this watcher on purpose; the event is not checkpointed."""
-
-    def __init__(self, reason: str = "") -> None:
-        self.reason = reason
-        super().__init__(reason)
 
 
 class BatchItemFailures(HandlerControl):

@@ -16,10 +16,10 @@ from bson import Timestamp
 from changestream_worker.metrics import Metrics
 from changestream_worker.stream.batches import BatchCalls
 from changestream_worker.stream.bound import Bound
-from changestream_worker.stream.failures import Failures, describe_key
+from changestream_worker.stream.failures import FailurePolicy, Failures, describe_key
 from changestream_worker.stream.lanes import Item, Lanes
 from changestream_worker.stream.position import Position, Watermark, token_cluster_time
-from changestream_worker.stream.retry import HandlerResult, RetryPolicy, run_call
+from changestream_worker.stream.retry import HandlerResult, run_call
 from changestream_worker.stream.stops import LeaseLost, WatcherStopped, stopped_by
 
 if TYPE_CHECKING:
@@ -39,15 +39,11 @@ __all__ = [
 log = structlog.get_logger("changestream_worker.stream.dispatch")
 
 
-class DispatchPolicy(Protocol):
+class DispatchPolicy(FailurePolicy, Protocol):
     """What the dispatcher reads from ``WatcherSettings`` (``batch`` too, when present)."""
 
     @property
     def concurrency(self) -> int: ...
-    @property
-    def retry(self) -> RetryPolicy: ...
-    @property
-    def on_failure(self) -> str: ...
 
 
 class Dispatcher(Failures, BatchCalls):

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ParamSpec
 
 from bson import Timestamp
 
 from changestream_worker.events import ChangeEvent
 
+P = ParamSpec("P")
 BASE_SECONDS = 1_700_000_000
 _counter = itertools.count()
 # the tail a server appends after the timestamp in a v2 token (version, event kind, key…)
@@ -72,13 +73,14 @@ def make_raw(
     return raw
 
 
-def make_event(
-    op: str = "insert",
-    key: Any = 1,
-    doc: Mapping[str, Any] | None = None,
-    coll: str = "c",
-    db: str = "d",
-    seq: int | None = None,
-) -> ChangeEvent:
-    """A ``ChangeEvent`` over ``make_raw(...)`` (same arguments)."""
-    return ChangeEvent(make_raw(op, key, doc, coll, db, seq))
+def _as_event(raw: Callable[P, dict[str, Any]]) -> Callable[P, ChangeEvent]:
+    def event(*args: P.args, **kwargs: P.kwargs) -> ChangeEvent:
+        return ChangeEvent(raw(*args, **kwargs))
+
+    event.__doc__ = f"A ``ChangeEvent`` over ``{raw.__name__}(...)`` (same arguments)."
+    event.__name__ = event.__qualname__ = "make_event"
+    return event
+
+
+#: a ``ChangeEvent`` over ``make_raw(...)``, with the same (typed) arguments
+make_event = _as_event(make_raw)
