@@ -171,37 +171,13 @@ class TestTransactionLabels:
 
     async def test_commit_retryable_code(self, mongo_uri: str, db: Db) -> None:
         """ExceededTimeLimit on commitTransaction is labelled RetryableWriteError."""
-        app = _app()
-        await db.create_collection("c")
-        async with app_client(mongo_uri, app) as (client, _):
-            spec = fail_command(
-                {"times": 1}, failCommands=["commitTransaction"], appName=app, errorCode=262
-            )
-            async with client.start_session() as s:
-                await _insert(client[db.name], s, startTransaction=True, **_txn(s, 1))
-                async with fail_point(client, spec):
-                    with pytest.raises(OperationFailure) as caught:
-                        await client.admin.command(
-                            {"commitTransaction": 1, **_txn(s, 1)}, session=s
-                        )
-        assert _labels(caught.value) == ["RetryableWriteError"]
+        failed = await _failed_commit(mongo_uri, db, error_code=262)
+        assert _labels(failed) == ["RetryableWriteError"]
 
     async def test_commit_lock_timeout_is_transient(self, mongo_uri: str, db: Db) -> None:
         """LockTimeout (24) on commitTransaction is transient: the whole transaction may rerun."""
-        app = _app()
-        await db.create_collection("c")
-        async with app_client(mongo_uri, app) as (client, _):
-            spec = fail_command(
-                {"times": 1}, failCommands=["commitTransaction"], appName=app, errorCode=24
-            )
-            async with client.start_session() as s:
-                await _insert(client[db.name], s, startTransaction=True, **_txn(s, 1))
-                async with fail_point(client, spec):
-                    with pytest.raises(OperationFailure) as caught:
-                        await client.admin.command(
-                            {"commitTransaction": 1, **_txn(s, 1)}, session=s
-                        )
-        assert _labels(caught.value) == ["TransientTransactionError"]
+        failed = await _failed_commit(mongo_uri, db, error_code=24)
+        assert _labels(failed) == ["TransientTransactionError"]
 
     async def test_commit_write_concern_error(self, mongo_uri: str, db: Db) -> None:
         """A retryable writeConcernError on commitTransaction labels it RetryableWriteError."""
@@ -280,3 +256,19 @@ class TestChangeStreamLabels:
                         }
                     )
         assert _labels(caught.value) == ["NonResumableChangeStreamError"]
+
+
+async def _failed_commit(mongo_uri: str, db: Db, error_code: int) -> OperationFailure:
+    """The error of a commitTransaction that a fail point fails once with ``error_code``."""
+    app = _app()
+    await db.create_collection("c")
+    async with app_client(mongo_uri, app) as (client, _):
+        spec = fail_command(
+            {"times": 1}, failCommands=["commitTransaction"], appName=app, errorCode=error_code
+        )
+        async with client.start_session() as s:
+            await _insert(client[db.name], s, startTransaction=True, **_txn(s, 1))
+            async with fail_point(client, spec):
+                with pytest.raises(OperationFailure) as caught:
+                    await client.admin.command({"commitTransaction": 1, **_txn(s, 1)}, session=s)
+    return caught.value

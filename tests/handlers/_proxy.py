@@ -1,9 +1,14 @@
-"""A TCP proxy on 127.0.0.1 that a test can cut and restore: a broker connection lost on demand."""
+"""Shared by the relays' tests: a TCP proxy a test can cut and restore (a broker connection
+lost on demand), and a handler context without MongoDB."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+
+import structlog
+
+from changestream_worker import HandlerContext
 
 
 class Proxy:
@@ -50,3 +55,15 @@ class Proxy:
             self.links.discard(writer)
             with contextlib.suppress(Exception):
                 writer.transport.abort()
+
+
+def offline_context() -> HandlerContext:
+    """A context for handlers that never touch MongoDB (the relays): no client, no databases."""
+    return HandlerContext(
+        client=None,  # type: ignore[arg-type]
+        database=None,  # type: ignore[arg-type]
+        state_database=None,  # type: ignore[arg-type]
+        log=structlog.get_logger(),
+        watcher="items",
+        handler="relay",
+    )

@@ -12,34 +12,22 @@ from urllib.parse import urlsplit
 
 import aio_pika
 import pytest
-import structlog
 from aio_pika.abc import AbstractChannel, AbstractQueue
 from structlog.testing import capture_logs
 
 from changestream_worker import (
     BatchItemFailures,
     ConfigError,
-    HandlerContext,
     PermanentError,
     TransientError,
 )
 from changestream_worker.handlers.amqp_relay import AmqpRelay, AmqpRelayOptions
 from changestream_worker.testing.factories import make_event
 from tests.handlers._proxy import Proxy
+from tests.handlers._proxy import offline_context as context
 from tests.support.harness import unique
 
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-
-
-def context() -> HandlerContext:
-    return HandlerContext(
-        client=None,
-        database=None,
-        state_database=None,  # type: ignore[arg-type]
-        log=structlog.get_logger(),
-        watcher="items",
-        handler="relay",
-    )
 
 
 @dataclass

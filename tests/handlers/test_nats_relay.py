@@ -10,7 +10,6 @@ from urllib.parse import urlsplit
 
 import nats
 import pytest
-import structlog
 from bson import ObjectId
 from nats.js import JetStreamContext
 from structlog.testing import capture_logs
@@ -19,27 +18,16 @@ from changestream_worker import (
     BatchItemFailures,
     ChangeEvent,
     ConfigError,
-    HandlerContext,
     PermanentError,
     TransientError,
 )
 from changestream_worker.handlers.nats_relay import NatsRelay, NatsRelayOptions
 from changestream_worker.testing.factories import make_event
 from tests.handlers._proxy import Proxy
+from tests.handlers._proxy import offline_context as context
 from tests.support.harness import unique
 
 NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
-
-
-def context() -> HandlerContext:
-    return HandlerContext(
-        client=None,
-        database=None,
-        state_database=None,  # type: ignore[arg-type]
-        log=structlog.get_logger(),
-        watcher="items",
-        handler="relay",
-    )
 
 
 @pytest.fixture
