@@ -83,17 +83,9 @@ class _Attempt:
 
 
 def backoff(initial: float, maximum: float) -> Callable[[int], float]:
-    """The one backoff schedule (tenacity's exponential wait with jitter) as a function of
-    the attempt number (1, 2, ...), for loops that are not tenacity retries: reopening a
-    stream, restarting a crashed watcher, waiting for MongoDB."""
-    wait = wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)
-
-    def delay(attempt: int) -> float:
-        state = RetryCallState(AsyncRetrying(), None, (), {})
-        state.attempt_number = max(1, attempt)
-        return min(float(wait(state)), maximum)
-
-    return delay
+    """``Backoff``'s schedule as a function of the attempt number (1, 2, ...), for loops
+    that are not tenacity retries: reopening a stream, restarting a crashed watcher."""
+    return Backoff(initial, maximum).delay
 
 
 @dataclass(slots=True)
