@@ -24,12 +24,11 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
-    wait_exponential,
-    wait_random,
 )
 
 from changestream_worker.errors import WorkerError
 from changestream_worker.logs import mask_uri
+from changestream_worker.stream.retry import Backoff
 
 __all__ = [
     "MongoUnreachable",
@@ -169,10 +168,8 @@ async def wait_for_mongodb(
     def remaining() -> float:
         return float("inf") if deadline is None else max(0.0, deadline - clock())
 
-    # jitter keeps many replicas restarted together from probing in step
-    backoff = wait_exponential(multiplier=initial_delay, max=max_delay) + wait_random(
-        0, initial_delay
-    )
+    # the worker's one backoff; its jitter keeps replicas restarted together out of step
+    backoff = Backoff(initial_delay, max_delay)
 
     def wait(state: RetryCallState) -> float:
         return min(backoff(state), remaining())
